@@ -1,0 +1,5 @@
+import sys
+
+from samrep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""Command line: `python -m samrep <stage> --hw <hw>` runs every stage without Jupyter."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from samrep.errors import SamrepError
+
+HELP = """stages:
+  groundtruth   fp32 CPU reference masks -> data_dir/sam_gt_{0,1,2}.pt + manifest.json
+  evaluate      every row of params/<hw>.yaml -> reports/<hw>/results/<row>.json
+  summary       print the metrics table of reports/<hw>/results
+  report        the whole chain with papermill + nbconvert -> reports/<hw>/index.html
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m samrep",
+        description="samrep: SAM ViT-H inference benchmark",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="stage")
+    for name, text in (
+        ("groundtruth", "make the fp32 CPU ground truth"),
+        ("evaluate", "measure every configured row"),
+        ("summary", "print the metrics table"),
+        ("report", "run the notebooks and render the HTML report"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--hw", default="cpu", help="params/<hw>.yaml to use (default: cpu)")
+        if name != "summary":
+            p.add_argument("--force", action="store_true", help="redo finished stages/rows")
+        if name == "evaluate":
+            p.add_argument("--only", nargs="+", metavar="ROW", help="row keys, e.g. val-torch-fp32-bs1")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except SamrepError as exc:
+        print(f"samrep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("samrep: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from samrep.config import load_params
+
+    if args.stage == "report":
+        from samrep.pipeline import run_report
+
+        page = run_report(args.hw, force=args.force)
+        print(page)
+        return 0
+    params = load_params(args.hw)
+    if args.stage == "groundtruth":
+        from samrep.groundtruth import run_ground_truth
+
+        run_ground_truth(params, force=args.force)
+    elif args.stage == "evaluate":
+        from samrep.evaluate import run_evaluation
+
+        records = run_evaluation(params, force=args.force, only=args.only)
+        failed = [r["key"] for r in records if r["status"] == "failed"]
+        if failed:
+            print(f"samrep: failed rows: {', '.join(failed)}", file=sys.stderr)
+            return 1
+    elif args.stage == "summary":
+        import pandas as pd
+
+        from samrep.report import spec_table
+        from samrep.results import load_records
+
+        with pd.option_context("display.max_columns", None, "display.width", 250):
+            print(spec_table(load_records(params.report_path)).to_string(index=False))
+    return 0

@@ -1,0 +1,255 @@
+"""Hardware configs: `params/<hw>.yaml` loaded into frozen dataclasses and validated.
+
+An unknown key, a wrong type, a missing file or an unknown backend is a `SamrepError` whose
+message names the file and the key. Paths in the file are relative to the repo root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from samrep.errors import SamrepError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_DIR = REPO_ROOT / "params"
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
+PHASES = ("val", "infer")
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A device's dense peak at one precision, in FLOP/s, with where the figure comes from."""
+
+    flops: float
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str = "vit_h"  # a key of samrep.model.ARCHITECTURES
+    weights: str = "facebook/sam-vit-huge"  # hub id or a local folder (save_pretrained)
+    allow_synthetic: bool = True  # fall back to seeded synthetic weights when not available
+    seed: int = 0
+    attn_implementation: str = "sdpa"  # "sdpa" (HF default) or "eager"
+
+
+@dataclass(frozen=True)
+class DataParams:
+    data_dir: str = "data/cpu"  # ground truth, inputs and caches for this hw
+    datasize: int = 1000  # copies of the one sample in the throughput dataset
+    repeat: int = 5  # passes over the dataset per phase
+    warmup: int = 2  # batches run before timing starts (excluded from every figure)
+    image: str = "auto"  # "auto" (car.png, else the offline fallback), "car" or "fallback"
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """One row of the benchmark: a backend at a precision and batch size in a phase."""
+
+    backend: str
+    precision: str
+    bs: int
+    phase: str = "infer"  # "val" (the PyTorch reference phase) or "infer" (an engine)
+    options: dict = field(default_factory=dict)  # backend-specific build options
+
+    @property
+    def key(self) -> str:
+        """File-name key of this row's result: <phase>-<backend>-<precision>-bs<bs>."""
+        return f"{self.phase}-{self.backend}-{self.precision}-bs{self.bs}"
+
+
+@dataclass(frozen=True)
+class HwParams:
+    hw: str
+    description: str
+    device: str  # torch device type: "cpu" or "cuda"
+    requires: str  # substring the device name must contain ("" for any), e.g. "A100"
+    peaks: dict[str, Peak]
+    model: ModelParams
+    data: DataParams
+    runs: tuple[RunParams, ...]
+    memory_sample_ms: float = 1.0  # NVML / RSS sampling interval
+    report_dir: str = ""  # defaults to reports/<hw>
+    path: str = ""  # the file this came from
+    sha256: str = ""  # hash of the file's parsed content (stage stamps)
+
+    @property
+    def data_path(self) -> Path:
+        return resolve_inside(self.data.data_dir, "data.data_dir", self.path)
+
+    @property
+    def report_path(self) -> Path:
+        return resolve_inside(self.report_dir or f"reports/{self.hw}", "report_dir", self.path)
+
+
+def resolve_inside(rel: str, key: str, where: str) -> Path:
+    """A params path, relative to the repo root; it must stay inside the repo."""
+    p = (REPO_ROOT / rel).resolve()
+    if REPO_ROOT.resolve() not in p.parents and p != REPO_ROOT.resolve():
+        raise SamrepError(f"{where}: {key} = '{rel}' points outside the repository")
+    return p
+
+
+def _check_type(value, annotation, where: str):
+    """Check (and lightly coerce: int -> float) a YAML value against a dataclass annotation."""
+    origin = typing.get_origin(annotation)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads "3.3e11" (no dot) as a string; accept it as the number it is.
+        try:
+            return float(value)
+        except ValueError:
+            raise SamrepError(f"{where}: expected a number, got {value!r}") from None
+    if annotation in (int, float, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise SamrepError(
+                f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
+            )
+        return value
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise SamrepError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    return value
+
+
+def _build(cls, raw, where: str):
+    """Make dataclass `cls` from mapping `raw`; unknown keys and bad types name `where.key`."""
+    if not isinstance(raw, dict):
+        raise SamrepError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise SamrepError(f"{where}.{unknown[0]}: unknown key (allowed: {sorted(names)})")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        raise SamrepError(f"{where}: {exc}") from None
+
+
+def load_params(hw: str) -> HwParams:
+    """Load and validate `params/<hw>.yaml` (or a path to a YAML file)."""
+    from samrep.backends import BACKENDS  # the registry; no toolkit is imported here
+
+    path = Path(hw) if hw.endswith((".yaml", ".yml")) else PARAMS_DIR / f"{hw}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+        raise SamrepError(f"{path}: no such params file (known hw: {', '.join(known)})")
+    where = str(path.relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise SamrepError(f"{where}:{at} malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise SamrepError(f"{where}: expected a mapping at the top level")
+
+    top = {
+        "hw",
+        "description",
+        "device",
+        "requires",
+        "peaks",
+        "model",
+        "data",
+        "runs",
+        "memory_sample_ms",
+        "report_dir",
+    }
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise SamrepError(f"{where}: {unknown[0]}: unknown key (allowed: {sorted(top)})")
+    for key in ("hw", "device", "peaks", "runs"):
+        if key not in raw:
+            raise SamrepError(f"{where}: {key}: missing required key")
+
+    def typed(key, t, default):
+        return _check_type(raw.get(key, default), t, f"{where}: {key}")
+
+    device = typed("device", str, "cpu")
+    if device not in ("cpu", "cuda"):
+        raise SamrepError(f"{where}: device: '{device}' is not one of cpu, cuda")
+    peaks = {}
+    if not isinstance(raw["peaks"], dict):
+        raise SamrepError(f"{where}: peaks: expected a mapping of precision -> {{flops, source}}")
+    for prec, entry in raw["peaks"].items():
+        if prec not in PRECISIONS:
+            raise SamrepError(f"{where}: peaks.{prec}: unknown precision (known: {PRECISIONS})")
+        peaks[prec] = _build(Peak, entry, f"{where}: peaks.{prec}")
+    model = _build(ModelParams, raw.get("model", {}), f"{where}: model")
+    data = _build(DataParams, raw.get("data", {}), f"{where}: data")
+    for key in ("datasize", "repeat"):
+        if getattr(data, key) < 1:
+            raise SamrepError(f"{where}: data.{key}: must be >= 1, got {getattr(data, key)}")
+    if data.warmup < 0:
+        raise SamrepError(f"{where}: data.warmup: must be >= 0, got {data.warmup}")
+    if data.image not in ("auto", "car", "fallback"):
+        raise SamrepError(f"{where}: data.image: '{data.image}' is not one of auto, car, fallback")
+    from samrep.model import ARCHITECTURES
+
+    if model.arch not in ARCHITECTURES:
+        raise SamrepError(f"{where}: model.arch: unknown '{model.arch}' ({list(ARCHITECTURES)})")
+    if model.attn_implementation not in ("sdpa", "eager"):
+        raise SamrepError(f"{where}: model.attn_implementation: '{model.attn_implementation}'")
+
+    if not isinstance(raw["runs"], list) or not raw["runs"]:
+        raise SamrepError(f"{where}: runs: expected a non-empty list of runs")
+    runs = []
+    for i, entry in enumerate(raw["runs"]):
+        run = _build(RunParams, entry, f"{where}: runs[{i}]")
+        if run.backend not in BACKENDS:
+            raise SamrepError(
+                f"{where}: runs[{i}].backend: unknown backend '{run.backend}' "
+                f"(known: {', '.join(sorted(BACKENDS))})"
+            )
+        if run.precision not in PRECISIONS:
+            raise SamrepError(
+                f"{where}: runs[{i}].precision: unknown '{run.precision}' (known: {PRECISIONS})"
+            )
+        if run.phase not in PHASES:
+            raise SamrepError(f"{where}: runs[{i}].phase: '{run.phase}' is not one of {PHASES}")
+        if run.bs < 1:
+            raise SamrepError(f"{where}: runs[{i}].bs: must be >= 1, got {run.bs}")
+        if run.bs > data.datasize:
+            raise SamrepError(
+                f"{where}: runs[{i}].bs: {run.bs} is larger than data.datasize {data.datasize}"
+            )
+        runs.append(run)
+    keys = [r.key for r in runs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup:
+        raise SamrepError(f"{where}: runs: '{dup}' is listed twice")
+
+    params = HwParams(
+        hw=typed("hw", str, ""),
+        description=typed("description", str, ""),
+        device=device,
+        requires=typed("requires", str, ""),
+        peaks=peaks,
+        model=model,
+        data=data,
+        runs=tuple(runs),
+        memory_sample_ms=typed("memory_sample_ms", float, 1.0),
+        report_dir=typed("report_dir", str, ""),
+        path=where,
+        sha256=hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest(),
+    )
+    if params.hw != path.stem and not hw.endswith((".yaml", ".yml")):
+        raise SamrepError(f"{where}: hw: '{params.hw}' does not match the file name '{path.stem}'")
+    params.data_path  # noqa: B018  (validates that the paths stay inside the repo)
+    params.report_path  # noqa: B018
+    return params

@@ -1,0 +1,208 @@
+"""The one sample of the case: the image, its prompt point, SAM preprocessing, the repeated dataset.
+
+The case's image is `car.png` of the Hugging Face SamModel docs (hub repo
+`ybelkada/segment-anything`, `assets/car.png`, 2646x1764) with the positive point (450, 600).
+It is fetched through the hub client into its cache. With no network and no cached copy the
+fallback is `grace_hopper.jpg`, which ships with matplotlib (512x600), with the point (400, 450)
+on her jacket; every result then names the image it used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from samrep.errors import SamrepError
+from samrep.hub import hub_reachable, offline_mode
+from samrep.progress import log
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """An image of the benchmark and its prompt: one positive point (x, y) in original pixels."""
+
+    name: str
+    point: tuple[float, float]
+    sha256: str | None  # pinned hash; None until a run has seen the file (then it is recorded)
+    size: tuple[int, int]  # (width, height) as documented
+    repo_id: str = ""
+    filename: str = ""
+
+
+CAR = ImageSpec(
+    name="car.png",
+    point=(450.0, 600.0),
+    # Not pinned yet: no machine this project has run on could reach the hub. The first run
+    # that downloads it records the hash in the ground-truth manifest; pin it here then.
+    sha256=None,
+    size=(2646, 1764),
+    repo_id="ybelkada/segment-anything",
+    filename="assets/car.png",
+)
+FALLBACK = ImageSpec(
+    name="grace_hopper.jpg (matplotlib sample data; offline fallback)",
+    point=(400.0, 450.0),
+    sha256="a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
+    size=(512, 600),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The loaded image with its provenance. `image` is RGB, HWC uint8 in [0, 255]."""
+
+    spec: ImageSpec
+    image: np.ndarray
+    path: str
+    sha256: str
+    fallback: bool
+
+    def describe(self) -> dict:
+        d = asdict(self.spec)
+        d.update(path=self.path, sha256=self.sha256, fallback=self.fallback)
+        return d
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def open_image(path: Path, spec: ImageSpec, expected_sha256: str | None) -> Sample:
+    """Open and check an image: checksum, decodability, RGB, documented size, point inside."""
+    digest = file_sha256(path)
+    if expected_sha256 and digest != expected_sha256:
+        raise SamrepError(
+            f"{path}: sha256 {digest} does not match the pinned {expected_sha256} for {spec.name}"
+        )
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+    except Exception as exc:  # PIL raises several types for undecodable files
+        raise SamrepError(f"{path}: cannot decode image ({exc})") from None
+    height, width = image.shape[:2]
+    x, y = spec.point
+    if not (0 <= x < width and 0 <= y < height):
+        raise SamrepError(f"{path}: prompt point ({x}, {y}) is outside the {width}x{height} image")
+    if (width, height) != spec.size:
+        log(f"image: {path} is {width}x{height}, documented {spec.size[0]}x{spec.size[1]}")
+    return Sample(spec=spec, image=image, path=str(path), sha256=digest, fallback=False)
+
+
+def fallback_path() -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+
+def fetch_car(spec: ImageSpec = CAR, expected_sha256: str | None = None) -> tuple[Path | None, str]:
+    """car.png through the hub client: its cache first, then the network if allowed.
+
+    Returns (path, "") or (None, why it is not available).
+    """
+    from huggingface_hub import hf_hub_download
+
+    kwargs = dict(repo_id=spec.repo_id, filename=spec.filename)
+    try:
+        return Path(hf_hub_download(**kwargs, local_files_only=True)), ""
+    except Exception:  # LocalEntryNotFoundError and friends: not cached
+        pass
+    if offline_mode():
+        return None, "not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    if not hub_reachable():
+        return None, "not in the Hugging Face cache and the hub is unreachable"
+    log(f"image: downloading {spec.repo_id}/{spec.filename}")
+    try:
+        return Path(hf_hub_download(**kwargs)), ""
+    except Exception as exc:
+        return None, f"download failed: {str(exc).splitlines()[0]}"
+
+
+def load_sample(choice: str = "auto", car_sha256: str | None = CAR.sha256) -> Sample:
+    """The benchmark's image: "car" (must be available), "fallback", or "auto" (car, else fallback)."""
+    if choice not in ("auto", "car", "fallback"):
+        raise SamrepError(f"data.image: '{choice}' is not one of auto, car, fallback")
+    if choice in ("auto", "car"):
+        path, reason = fetch_car(CAR)
+        if path is not None:
+            return open_image(path, CAR, car_sha256)
+        if choice == "car":
+            raise SamrepError(f"data.image = car: {CAR.repo_id}/{CAR.filename} {reason}")
+        log(f"image: car.png {reason}; using the FALLBACK image grace_hopper.jpg")
+    sample = open_image(fallback_path(), FALLBACK, FALLBACK.sha256)
+    return Sample(sample.spec, sample.image, sample.path, sample.sha256, fallback=True)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """SamProcessor output for the sample (batch 1), as the model takes it.
+
+    pixel_values: (1, 3, 1024, 1024) float32, resized (longest side 1024), normalized, padded.
+    input_points: (1, 1, 1, 2) float32, (x, y) in the resized 1024 frame.
+    original_size: (H, W) of the image; reshaped_size: (h, w) after resizing, before padding.
+    """
+
+    pixel_values: torch.Tensor
+    input_points: torch.Tensor
+    original_size: tuple[int, int]
+    reshaped_size: tuple[int, int]
+
+
+def preprocess(sample: Sample) -> ModelInputs:
+    """The standard SamProcessor preprocessing of the HF docs example."""
+    import warnings
+
+    from transformers import SamImageProcessor, SamProcessor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the torchvision-less fallback warns; it is the same math
+        processor = SamProcessor(image_processor=SamImageProcessor())
+        x, y = sample.spec.point
+        enc = processor(images=sample.image, input_points=[[[x, y]]], return_tensors="pt")
+    return ModelInputs(
+        pixel_values=enc["pixel_values"].float(),
+        input_points=enc["input_points"].float(),
+        original_size=tuple(int(v) for v in enc["original_sizes"][0]),
+        reshaped_size=tuple(int(v) for v in enc["reshaped_input_sizes"][0]),
+    )
+
+
+class RepeatedDataset:
+    """The case's dataset: one sample repeated `datasize` times, read in batches of `bs`.
+
+    Batches drop the last incomplete one (drop_last), as the original harness did. A batch is
+    built from host memory each time (that copy is the "data loading" of the whole region).
+    """
+
+    def __init__(self, inputs: ModelInputs, datasize: int, bs: int, pin_memory: bool = False):
+        if bs < 1:
+            raise SamrepError(f"bs: must be >= 1, got {bs}")
+        if bs > datasize:
+            raise SamrepError(f"bs: {bs} is larger than datasize {datasize}")
+        self.inputs, self.datasize, self.bs, self.pin = inputs, datasize, bs, pin_memory
+
+    def __len__(self) -> int:
+        return self.datasize // self.bs
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            pixel_values = self.inputs.pixel_values.expand(self.bs, -1, -1, -1).contiguous()
+            input_points = self.inputs.input_points.expand(self.bs, -1, -1, -1).contiguous()
+            if self.pin:
+                pixel_values, input_points = pixel_values.pin_memory(), input_points.pin_memory()
+            yield pixel_values, input_points
+
+
+def set_hf_cache_env(cache_dir: str | os.PathLike | None) -> None:
+    """Point the hub client at a cache folder (tests use a temporary one)."""
+    if cache_dir is not None:
+        os.environ["HF_HUB_CACHE"] = str(cache_dir)

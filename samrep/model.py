@@ -1,0 +1,231 @@
+"""SAM weights: load `facebook/sam-vit-huge` (hub cache or a local folder) or make synthetic ones.
+
+The model is always `transformers.SamModel`. Architectures are a plain dict from name to a
+config builder (`ARCHITECTURES`): `vit_h` is the exact ViT-H config of `facebook/sam-vit-huge`,
+`tiny` a small SAM with the same structure (windowed + global blocks, 1024x1024 input) for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import SamConfig, SamModel
+
+from samrep.errors import SamrepError
+from samrep.hub import hub_reachable, offline_mode
+from samrep.progress import log
+
+VIT_H_HUB_ID = "facebook/sam-vit-huge"
+
+
+def vit_h_config() -> SamConfig:
+    """The ViT-H config of `facebook/sam-vit-huge` (641.1 M parameters)."""
+    return SamConfig(
+        vision_config=dict(
+            hidden_size=1280,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            mlp_dim=5120,
+            global_attn_indexes=[7, 15, 23, 31],
+            output_channels=256,
+            image_size=1024,
+            patch_size=16,
+            window_size=14,
+            qkv_bias=True,
+            use_abs_pos=True,
+            use_rel_pos=True,
+            layer_norm_eps=1e-6,
+        ),
+    )
+
+
+def tiny_config() -> SamConfig:
+    """A small SAM (2 vision layers: one windowed, one global; 32-wide) for tests.
+
+    Same input (1024x1024, 64x64 tokens, window 14 -> padded to 70) and same module types as
+    ViT-H, so every code path of the real model runs, in well under a second on a CPU.
+    """
+    return SamConfig(
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=64,
+            global_attn_indexes=[1],
+            output_channels=32,
+            num_pos_feats=16,
+        ),
+        prompt_encoder_config=dict(hidden_size=32),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, iou_head_hidden_dim=32),
+    )
+
+
+ARCHITECTURES = {"vit_h": vit_h_config, "tiny": tiny_config}
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where the weights came from. `sha256` hashes every tensor of the state dict."""
+
+    source: str  # "hub", "local" or "synthetic"
+    name: str  # hub id, folder, or "synthetic-<arch>-seed<N>"
+    sha256: str
+    synthetic: bool
+    arch: str
+    num_parameters: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synthetic_init_(model: SamModel, seed: int) -> SamModel:
+    """Seeded init that keeps activations sane (transformers' own SAM init does not).
+
+    transformers initialises SAM with std ~1e-10 and zero rel-pos tables: activations collapse
+    to ~1e-9 and CPU math hits denormals (one ViT-H forward then takes tens of minutes).
+    Matrices get a truncated normal (std 0.02), biases 0, norms weight 1 / bias 0, the position
+    tables and learned embeddings a small normal, the random Fourier features std 1 (as in the
+    original SAM).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            owner, leaf = name.rsplit(".", 2)[-2:] if "." in name else ("", name)
+            if "norm" in owner:
+                param.fill_(1.0 if leaf == "weight" else 0.0)
+            elif leaf == "bias":
+                param.zero_()
+            elif leaf == "positional_embedding":
+                param.copy_(torch.randn(param.shape, generator=gen))
+            elif param.ndim >= 2 and leaf == "weight":
+                t = torch.randn(param.shape, generator=gen) * 0.02
+                param.copy_(t.clamp_(-0.04, 0.04))
+            else:  # rel_pos_h/w, pos_embed, prompt and mask-token embeddings
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    return model
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every state-dict tensor, in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_architecture(model: SamModel, arch: str, where: str) -> None:
+    """Fail if loaded weights are not the architecture the params name."""
+    want = ARCHITECTURES[arch]().vision_config
+    got = model.config.vision_config
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_dim"):
+        if getattr(got, key) != getattr(want, key):
+            raise SamrepError(
+                f"{where}: weights are not the '{arch}' architecture "
+                f"(vision {key} = {getattr(got, key)}, expected {getattr(want, key)})"
+            )
+    if list(got.global_attn_indexes) != list(want.global_attn_indexes):
+        raise SamrepError(
+            f"{where}: weights are not the '{arch}' architecture (global_attn_indexes "
+            f"{list(got.global_attn_indexes)}, expected {list(want.global_attn_indexes)})"
+        )
+
+
+def load_model(
+    weights: str,
+    arch: str,
+    allow_synthetic: bool,
+    seed: int,
+    cache_dir: Path,
+    attn_implementation: str = "sdpa",
+) -> tuple[SamModel, WeightsInfo]:
+    """Load SAM in fp32 on the CPU, in eval mode.
+
+    `weights` is a hub id (hub cache first; the network only when `HF_HUB_OFFLINE` is unset and
+    the hub answers) or a local folder written by `save_pretrained`. When neither has them and
+    `allow_synthetic`, synthetic weights for `arch` are made once, saved under `cache_dir` and
+    reused on later runs.
+    """
+    if arch not in ARCHITECTURES:
+        raise SamrepError(f"model.arch: unknown architecture '{arch}' (known: {list(ARCHITECTURES)})")
+    model, source, name = None, "", weights
+    reason = ""
+    path = Path(weights).expanduser()
+    if weights and (path.is_dir() or weights.startswith((".", "/", "~"))):
+        if not (path / "config.json").is_file():
+            reason = f"local weights folder {path} has no config.json"
+        else:
+            log(f"weights: loading {path}")
+            model = SamModel.from_pretrained(path, attn_implementation=attn_implementation)
+            source = "local"
+    elif weights:
+        model, reason = _from_hub(weights, attn_implementation)
+        source = "hub"
+    else:
+        reason = "params model.weights is empty"
+
+    if model is None:
+        if not allow_synthetic:
+            raise SamrepError(
+                f"weights '{weights}' not available ({reason}) and model.allow_synthetic is false"
+            )
+        model, name = _synthetic(arch, seed, cache_dir, attn_implementation, reason)
+        source = "synthetic"
+    _check_architecture(model, arch, f"weights '{name}'")
+    model = model.float().eval()
+    info = WeightsInfo(
+        source=source,
+        name=str(name),
+        sha256=weights_sha256(model),
+        synthetic=source == "synthetic",
+        arch=arch,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )
+    return model, info
+
+
+def _from_hub(repo_id: str, attn_implementation: str) -> tuple[SamModel | None, str]:
+    """Hub cache first, then the network if allowed and reachable. Returns (model, why-not)."""
+    try:
+        model = SamModel.from_pretrained(
+            repo_id, local_files_only=True, attn_implementation=attn_implementation
+        )
+        log(f"weights: {repo_id} from the Hugging Face cache")
+        return model, ""
+    except OSError:
+        pass
+    if offline_mode():
+        return None, "not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    if not hub_reachable():
+        return None, "not in the Hugging Face cache and the hub is unreachable"
+    log(f"weights: downloading {repo_id} (2.6 GB for ViT-H)")
+    try:
+        return SamModel.from_pretrained(repo_id, attn_implementation=attn_implementation), ""
+    except OSError as exc:
+        return None, f"download failed: {str(exc).splitlines()[0]}"
+
+
+def _synthetic(
+    arch: str, seed: int, cache_dir: Path, attn_implementation: str, reason: str
+) -> tuple[SamModel, str]:
+    name = f"synthetic-{arch}-seed{seed}"
+    folder = Path(cache_dir) / name
+    if (folder / "config.json").is_file():
+        log(f"weights: SYNTHETIC ({reason}); reusing {folder}")
+        model = SamModel.from_pretrained(folder, attn_implementation=attn_implementation)
+        return model, name
+    log(f"weights: SYNTHETIC ({reason}); making {name} (seeded, explicit init)")
+    config = ARCHITECTURES[arch]()
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = synthetic_init_(SamModel(config), seed)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tmp.replace(folder) if not folder.exists() else None
+    return model, name

@@ -1,0 +1,110 @@
+"""`make report`: the notebooks run by papermill into reports/<hw>/, then rendered to HTML.
+
+Chain: 01_ground_truth -> 04_evaluate -> 99_summary. Executed copies land in reports/<hw>/
+(the notebooks under notebooks/ stay without outputs); 99_summary becomes reports/<hw>/index.html
+with the code hidden and the figures embedded, so the one file can be published anywhere.
+reports/index.html links every hardware report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+from samrep.config import REPO_ROOT, HwParams, load_params
+from samrep.env import check_device
+from samrep.errors import SamrepError
+from samrep.progress import log
+from samrep.results import atomic_write_bytes
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+CHAIN = ("01_ground_truth", "04_evaluate", "99_summary")
+
+
+def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
+    """Run notebooks/<name>.ipynb with papermill into the report folder (atomically)."""
+    import papermill
+
+    src = NOTEBOOKS_DIR / f"{name}.ipynb"
+    out = params.report_path / f"{name}.ipynb"
+    tmp = out.with_name(f".{out.name}.tmp.ipynb")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log(f"notebook {name}: running (papermill)")
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(src),
+            str(tmp),
+            parameters=parameters,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(REPO_ROOT),
+        )
+    except papermill.PapermillExecutionError as exc:
+        failed = out.with_name(f"{name}.failed.ipynb")
+        if tmp.exists():
+            tmp.replace(failed)
+        raise SamrepError(
+            f"notebook {name} failed ({exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}); "
+            f"executed copy in {failed}"
+        ) from None
+    tmp.replace(out)
+    log(f"notebook {name}: done in {time.perf_counter() - t0:.1f} s -> {out}")
+    return out
+
+
+def render_html(notebook: Path, target: Path) -> Path:
+    """nbconvert to one self-contained HTML file: code hidden, images embedded as data URIs."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    exporter = HTMLExporter(
+        template_name="lab", exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+    )
+    body, _ = exporter.from_notebook_node(nb)
+    atomic_write_bytes(target, body.encode())
+    log(f"report: wrote {target}")
+    return target
+
+
+def write_index(reports_dir: Path = REPO_ROOT / "reports") -> Path:
+    """reports/index.html: a link to every hardware report, and the published A100 rows."""
+    from samrep.report import PUBLISHED_A100, PUBLISHED_NOTE
+
+    items = []
+    for page in sorted(reports_dir.glob("*/index.html")):
+        hw = page.parent.name
+        meta = page.parent / "summary.json"
+        extra = ""
+        if meta.is_file():
+            info = json.loads(meta.read_text())
+            extra = f" — {html.escape(str(info.get('device', '')))}, weights: " + html.escape(
+                str(info.get("weights", ""))
+            )
+        items.append(f'<li><a href="{hw}/index.html">{html.escape(hw)}</a>{extra}</li>')
+    body = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>samrep reports</title></head>"
+        "<body><h1>samrep: SAM ViT-H inference reports</h1><ul>"
+        + "".join(items)
+        + "</ul><h2>Published reference (FlagPerf sam_h)</h2>"
+        + PUBLISHED_A100.to_html(index=False)
+        + f"<p>{html.escape(PUBLISHED_NOTE)}</p></body></html>"
+    )
+    target = reports_dir / "index.html"
+    atomic_write_bytes(target, body.encode())
+    return target
+
+
+def run_report(hw: str, force: bool = False) -> Path:
+    """The whole chain for one hardware config; returns the HTML report's path."""
+    params = load_params(hw)
+    check_device(params)  # before any work: say what the config needs and what is here
+    parameters = {"hw": hw, "force": force}
+    for name in CHAIN:
+        execute_notebook(name, params, parameters)
+    page = render_html(params.report_path / "99_summary.ipynb", params.report_path / "index.html")
+    write_index()
+    return page

@@ -1,0 +1,313 @@
+"""Tables and plots of the summary notebook, from the result records of one hardware report.
+
+`spec_table` lays the rows out in the case's column order (sam_h_case.md section 4): each engine
+("infer") row is joined with the PyTorch ("val") row at the same precision and batch size, as the
+published table did. A cell that does not apply, or a row that did not run, says why in words.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPEC_COLUMNS = [
+    "engine",
+    "precision",
+    "bs",
+    "e2e_time",
+    "p_val_whole",
+    "p_val_core",
+    "p_infer_whole",
+    "p_infer_core",
+    "MFU",
+    "acc",
+    "mem",
+]
+UNITS = {
+    "e2e_time": "s",
+    "p_val_whole": "img/s",
+    "p_val_core": "img/s",
+    "p_infer_whole": "img/s",
+    "p_infer_core": "img/s",
+    "mem": "GiB",
+}
+
+# Published FlagPerf sam_h rows (NVIDIA A100-SXM4-40GB, TensorRT 8.6.1, CUDA 12.1), as printed.
+PUBLISHED_A100 = pd.DataFrame(
+    [
+        ["tensorrt", "fp16", 4, 1895.1, 9.3, 10.7, 7.9, 11.8, "11.8%", "0.89/1.0", "23.7/40.0"],
+        ["tensorrt", "fp32", 2, 1895.1, 6.8, 7.5, 5.5, 7.0, "13.9%", "1.0/1.0", "18.1/40.0"],
+    ],
+    columns=SPEC_COLUMNS,
+)
+PUBLISHED_NOTE = (
+    "Published by FlagPerf (case sam_h) on an NVIDIA A100-SXM4-40GB, TensorRT 8.6.1. Its MFU uses "
+    "3.1e12 FLOPs per image (the multiply-add count) against hard-coded A100 peaks; its 'fp32' "
+    "engine ran with TF32 allowed; both rows show the same e2e_time (a copy error); mem is "
+    "whole-device memory polled every 5 s over the whole run."
+)
+
+
+def _num(x, fmt="{:.2f}"):
+    return fmt.format(x) if isinstance(x, (int, float)) and x is not None else x
+
+
+def _why(rec: dict | None, what: str) -> str:
+    if rec is None:
+        return f"not run: no {what} row configured"
+    if rec["status"] == "not_run":
+        return f"not run: {rec['reason']}"
+    if rec["status"] == "failed":
+        return f"failed ({rec.get('failed_stage')}): {rec['reason']}"
+    return ""
+
+
+def _ok(rec):
+    return rec is not None and rec.get("status") == "ok"
+
+
+def _stage_total(rec: dict | None) -> float:
+    if not _ok(rec):
+        return 0.0
+    t = rec.get("stage_times", {})
+    return sum(v for v in t.values() if isinstance(v, (int, float)))
+
+
+def _pair(infer, val, key, fmt):
+    a = _num(infer["metrics"][key], fmt) if _ok(infer) else "–"
+    b = _num(val["metrics"][key], fmt) if _ok(val) else "–"
+    return f"{a}/{b}"
+
+
+def spec_table(records: list[dict], gt_seconds: float | None = None) -> pd.DataFrame:
+    """The metrics table in the spec's column order, one row per engine row (or val-only row).
+
+    Numbers carry the units of UNITS; acc is "infer/val"; mem is "peak/total" GiB of the headline
+    phase (infer when there is one); MFU is true-FLOP MFU of the headline phase against the
+    params' peak at that precision; e2e_time sums ground truth, the val row and the engine row.
+    """
+    val = {(r["precision"], r["bs"]): r for r in records if r["phase"] == "val"}
+    used = set()
+    rows = []
+    infer_rows = [r for r in records if r["phase"] == "infer"]
+    for inf in infer_rows:
+        key = (inf["precision"], inf["bs"])
+        v = val.get(key) or (val.get(("fp32", inf["bs"])) if inf["precision"] == "tf32" else None)
+        if v is not None:
+            used.add((v["precision"], v["bs"]))
+        rows.append(_row(inf["backend"], inf, v, gt_seconds))
+    for key, v in sorted(val.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        if key not in used:
+            rows.append(_row("(val only)", None, v, gt_seconds))
+    return pd.DataFrame(rows, columns=SPEC_COLUMNS + ["IoU", "MFU (3.1e12 conv.)", "weights", "notes"])
+
+
+def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | None) -> list:
+    head = inf if inf is not None else val
+    precision = head.get("math_mode") or head["precision"]
+    e2e = (gt_seconds or 0.0) + _stage_total(val) + _stage_total(inf)
+    notes = []
+    if engine == "(val only)":
+        p_infer_whole = p_infer_core = "not run: no engine configured at this precision and bs"
+    elif _ok(inf):
+        p_infer_whole = _num(inf["metrics"]["p_whole"])
+        p_infer_core = _num(inf["metrics"]["p_core"])
+    else:
+        p_infer_whole = p_infer_core = _why(inf, "engine")
+    if _ok(val):
+        p_val_whole, p_val_core = _num(val["metrics"]["p_whole"]), _num(val["metrics"]["p_core"])
+    else:
+        p_val_whole = p_val_core = _why(val, "val")
+    if _ok(head):
+        m = head["metrics"]
+        mfu = f"{100 * m['mfu']:.2f}%" if m.get("mfu") is not None else "n/a: no peak in params"
+        mfu_orig = (
+            f"{100 * m['mfu_original']:.2f}%" if m.get("mfu_original") is not None else "n/a"
+        )
+        mem = f"{m['mem_peak_gib']:.1f}/{m['mem_total_gib']:.1f}"
+        if head["memory"]["method"] == "rss":
+            notes.append("mem = process RSS / host RAM (no device memory on a CPU)")
+        if head["flops"]["peak_source"].startswith("estimate"):
+            notes.append("MFU against an estimated CPU peak")
+    else:
+        mfu = mfu_orig = mem = _why(head, "engine" if inf is not None else "val")
+    acc = _pair(inf, val, "acc", "{:.4f}") if inf is not None else _pair(None, val, "acc", "{:.4f}")
+    iou = _pair(inf, val, "iou", "{:.4f}") if inf is not None else _pair(None, val, "iou", "{:.4f}")
+    weights = (head.get("weights") or {}).get("synthetic")
+    weights_label = "synthetic weights" if weights else (head.get("weights") or {}).get("name", "")
+    if any((r or {}).get("status") == "failed" for r in (inf, val)):
+        notes.append("FAILED row")
+    return [
+        engine,
+        precision,
+        head["bs"],
+        _num(e2e, "{:.1f}"),
+        p_val_whole,
+        p_val_core,
+        p_infer_whole,
+        p_infer_core,
+        mfu,
+        acc,
+        mem,
+        iou,
+        mfu_orig,
+        weights_label,
+        "; ".join(notes),
+    ]
+
+
+def rows_table(records: list[dict]) -> pd.DataFrame:
+    """Every record as measured: phase, backend, math mode, status and the raw figures."""
+    out = []
+    for r in records:
+        m = r.get("metrics") or {}
+        st = r.get("stage_times") or {}
+        out.append(
+            {
+                "row": r["key"],
+                "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}",
+                "math mode": r.get("math_mode", r["precision"]),
+                "p_core [img/s]": m.get("p_core"),
+                "p_whole [img/s]": m.get("p_whole"),
+                "MFU [%]": 100 * m["mfu"] if m.get("mfu") is not None else None,
+                "acc": m.get("acc"),
+                "IoU": m.get("iou"),
+                "mem peak [GiB]": m.get("mem_peak_gib"),
+                "mem delta [GiB]": m.get("mem_delta_gib"),
+                "framework peak [GiB]": m.get("mem_framework_peak_gib"),
+                "load [s]": st.get("load_s"),
+                "build [s]": st.get("build_s"),
+                "measure [s]": st.get("measure_s"),
+                "images timed": (r.get("timing") or {}).get("images"),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def provenance(records: list[dict]) -> dict:
+    """What the report ran on: image, weights and environment of the first complete record."""
+    rec = next((r for r in records if r.get("environment")), records[0] if records else {})
+    env = rec.get("environment", {})
+    image = rec.get("image", {})
+    weights = rec.get("weights", {})
+    return {
+        "image": image.get("name"),
+        "image_fallback": image.get("fallback"),
+        "image_sha256": image.get("sha256"),
+        "weights": weights.get("name"),
+        "weights_synthetic": weights.get("synthetic"),
+        "weights_sha256": weights.get("sha256"),
+        "device": env.get("device"),
+        "driver": env.get("driver"),
+        "cuda": env.get("cuda"),
+        "cpu": env.get("cpu"),
+        "torch": (env.get("versions") or {}).get("torch"),
+        "transformers": (env.get("versions") or {}).get("transformers"),
+        "git_commit": env.get("git_commit"),
+    }
+
+
+def plot_throughput(records: list[dict], ax=None):
+    """p_core (img/s) against batch size, one line per (phase, backend, precision)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    groups: dict[str, list] = {}
+    for r in records:
+        if _ok(r):
+            label = f"{r['phase']}: {r['backend']} {r.get('math_mode', r['precision'])}"
+            groups.setdefault(label, []).append((r["bs"], r["metrics"]["p_core"]))
+    for label, pts in sorted(groups.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("p_core [images/s]")
+    ax.set_title("Throughput (core region)")
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=7)
+    return ax
+
+
+def plot_memory(records: list[dict], ax=None):
+    """Peak memory (GiB) against batch size, one line per (phase, backend, precision)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    groups: dict[str, list] = {}
+    method = ""
+    for r in records:
+        if _ok(r):
+            label = f"{r['phase']}: {r['backend']} {r['precision']}"
+            m = r["metrics"]
+            value = m["mem_framework_peak_gib"] or m["mem_peak_gib"]
+            groups.setdefault(label, []).append((r["bs"], m["mem_peak_gib"], value))
+            method = r["memory"]["method"]
+    for label, pts in sorted(groups.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    what = "device memory used (NVML)" if method == "nvml" else "process RSS"
+    ax.set_ylabel(f"peak {what} [GiB]")
+    ax.set_title("Peak memory")
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=7)
+    return ax
+
+
+def load_image(manifest: dict) -> np.ndarray | None:
+    """The image the ground truth used, if its file is on this machine."""
+    from PIL import Image
+
+    path = Path(manifest.get("image", {}).get("path", ""))
+    if not path.is_file():
+        return None
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def plot_masks(
+    image: np.ndarray | None,
+    point: tuple[float, float],
+    gt_masks: np.ndarray,
+    pred_masks: np.ndarray,
+    order: list[int],
+    title: str,
+):
+    """One row per ground-truth mask: ground truth, prediction, and where they differ.
+
+    gt_masks: (3, H, W) bool, smallest first; pred_masks: (3, H, W) bool in model output order;
+    order[i] is the output index compared with gt_masks[i].
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(order), 3, figsize=(10, 2.6 * len(order)), squeeze=False)
+    for i, idx in enumerate(order):
+        gt, pred = gt_masks[i], pred_masks[idx]
+        diff = gt != pred
+        agree = 1.0 - diff.mean()
+        for j, (mask, name) in enumerate(((gt, "ground truth"), (pred, "prediction"))):
+            ax = axes[i, j]
+            if image is not None:
+                ax.imshow(image)
+            ax.imshow(np.ma.masked_where(~mask, mask), alpha=0.5, cmap="autumn")
+            ax.plot(*point, marker="*", color="cyan", markersize=12, markeredgecolor="k")
+            ax.set_title(f"mask {i}: {name} ({100 * mask.mean():.1f}% of pixels)", fontsize=8)
+        ax = axes[i, 2]
+        ax.imshow(diff, cmap="gray_r")
+        ax.set_title(f"differ: {diff.sum()} px; agreement {agree:.5f}", fontsize=8)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def read_manifest(data_dir: Path) -> dict:
+    return json.loads((Path(data_dir) / "manifest.json").read_text())
