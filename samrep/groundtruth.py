@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
         log("ground truth: stale (image, weights or point changed); recomputing")
 
     log(f"ground truth: {sample.spec.name}, point {sample.spec.point}, fp32 on the CPU")
+    t0 = time.perf_counter()
     inputs = preprocess(sample)
     masks, iou_scores = reference_masks(model, inputs)
     areas = masks.flatten(1).sum(1)
@@ -121,6 +123,8 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
         "iou_scores": [float(iou_scores[i]) for i in order],
         "precision": "fp32",
         "device": "cpu",
+        "data_dir": str(data_dir),
+        "seconds": time.perf_counter() - t0,
     }
     atomic_write_json(manifest_path, manifest)
     log(f"ground truth: wrote {data_dir} (mask areas {manifest['area_fractions']})")

@@ -40,6 +40,7 @@ def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
             parameters=parameters,
             kernel_name="python3",
             progress_bar=False,
+            log_output=True,  # stream the kernel's progress lines to this terminal
             cwd=str(REPO_ROOT),
         )
     except papermill.PapermillExecutionError as exc:
@@ -98,12 +99,26 @@ def write_index(reports_dir: Path = REPO_ROOT / "reports") -> Path:
     return target
 
 
+def _show_papermill_log() -> None:
+    """papermill reports the kernel's output through `logging`: print it as plain lines."""
+    import logging
+
+    logger = logging.getLogger("papermill")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def run_report(hw: str, force: bool = False) -> Path:
     """The whole chain for one hardware config; returns the HTML report's path."""
     params = load_params(hw)
     check_device(params)  # before any work: say what the config needs and what is here
-    parameters = {"hw": hw, "force": force}
+    _show_papermill_log()
     for name in CHAIN:
+        parameters = {"hw": hw} if name == "99_summary" else {"hw": hw, "force": force}
         execute_notebook(name, params, parameters)
     page = render_html(params.report_path / "99_summary.ipynb", params.report_path / "index.html")
     write_index()

@@ -311,3 +311,185 @@ def plot_masks(
 
 def read_manifest(data_dir: Path) -> dict:
     return json.loads((Path(data_dir) / "manifest.json").read_text())
+
+
+def manifest_table(manifest: dict) -> pd.DataFrame:
+    """The ground truth's provenance and masks, one row per mask file."""
+    img, w = manifest["image"], manifest["weights"]
+    rows = []
+    for i, name in enumerate(manifest["files"]):
+        rows.append(
+            {
+                "file": name,
+                "model output index": manifest["order"][i],
+                "area [% of pixels]": 100 * manifest["area_fractions"][i],
+                "predicted IoU score": manifest["iou_scores"][i],
+                "image": img["name"],
+                "weights": ("SYNTHETIC " if w["synthetic"] else "") + w["name"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_ground_truth(image: np.ndarray | None, manifest: dict):
+    """The image with its prompt point, and the 3 ground-truth masks (smallest first)."""
+    import matplotlib.pyplot as plt
+
+    from samrep.config import REPO_ROOT  # noqa: F401  (the data dir is repo-relative)
+
+    files = manifest["files"]
+    fig, axes = plt.subplots(1, 1 + len(files), figsize=(4 * (1 + len(files)), 3.4))
+    point = manifest["point"]
+    data_dir = Path(manifest.get("data_dir", ""))
+    masks = load_gt_masks(data_dir, manifest) if data_dir.is_dir() else None
+    if image is not None:
+        axes[0].imshow(image)
+    axes[0].plot(*point, marker="*", color="cyan", markersize=14, markeredgecolor="k")
+    axes[0].set_title(f"{manifest['image']['name']}\npoint {point}", fontsize=8)
+    for i in range(len(files)):
+        ax = axes[i + 1]
+        if image is not None:
+            ax.imshow(image)
+        if masks is not None:
+            ax.imshow(np.ma.masked_where(~masks[i], masks[i]), alpha=0.55, cmap="autumn")
+        ax.plot(*point, marker="*", color="cyan", markersize=12, markeredgecolor="k")
+        ax.set_title(f"sam_gt_{i}.pt: {100 * manifest['area_fractions'][i]:.1f}% of pixels", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(_weights_label(manifest["weights"]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _weights_label(weights: dict) -> str:
+    if weights.get("synthetic"):
+        return f"SYNTHETIC weights ({weights['name']}, sha256 {weights['sha256'][:12]})"
+    return f"weights {weights['name']} (sha256 {weights['sha256'][:12]})"
+
+
+def load_gt_masks(data_dir: Path, manifest: dict) -> np.ndarray:
+    import torch
+
+    return np.stack(
+        [torch.load(Path(data_dir) / f, weights_only=True).numpy() for f in manifest["files"]]
+    )
+
+
+def load_row_masks(report_path: Path, key: str) -> np.ndarray:
+    from samrep.results import load_masks, results_dir
+
+    return load_masks(results_dir(report_path) / f"{key}.masks.npz")
+
+
+def table_caption(records: list[dict]) -> str:
+    p = provenance(records)
+    image = p["image"] or "?"
+    weights = "SYNTHETIC weights" if p["weights_synthetic"] else f"weights {p['weights']}"
+    return f"Image: {image}. {weights}. Device: {p['device']}."
+
+
+def header_markdown(params, records: list[dict], manifest: dict) -> str:
+    """Title, provenance and what the weights and image mean for `acc`."""
+    p = provenance(records)
+    lines = [
+        f"# samrep report: {params.hw}",
+        f"{params.description}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| device | {p['device']} |",
+        f"| driver / CUDA | {p['driver'] or '-'} / {p['cuda'] or '-'} |",
+        f"| CPU | {p['cpu']} |",
+        f"| torch / transformers | {p['torch']} / {p['transformers']} |",
+        f"| git commit | `{p['git_commit']}` |",
+        f"| image | {manifest['image']['name']} (sha256 `{manifest['image']['sha256'][:16]}`) |",
+        f"| prompt point | {manifest['point']} (x, y original pixels) |",
+        f"| weights | {_weights_label(manifest['weights'])} |",
+        f"| params | `{params.path}` |",
+        "",
+    ]
+    if manifest["weights"].get("synthetic"):
+        lines.append(
+            "**These results use synthetic weights** (seeded, the exact architecture): speed and "
+            "memory are those of the real model, but `acc` only measures agreement with the fp32 "
+            "reference of the same synthetic weights, not segmentation quality; numeric drift "
+            "may differ from the real weights'."
+        )
+    if manifest["image"].get("fallback"):
+        lines.append(
+            "\n**The case's image car.png was not available here**: the offline fallback image "
+            "(matplotlib's grace_hopper.jpg, with its own point) was used for the ground truth "
+            "and every row."
+        )
+    failed = [r["key"] for r in records if r["status"] == "failed"]
+    if failed:
+        lines.append(f"\n**Failed rows**: {', '.join(failed)} (reasons in the tables below).")
+    return "\n".join(lines)
+
+
+def show_row_masks(records: list[dict], params, manifest: dict) -> None:
+    """One mask figure per ok row (first image of the row against the ground truth)."""
+    import matplotlib.pyplot as plt
+
+    image = load_image(manifest)
+    gt = load_gt_masks(params.data_path, manifest)
+    for r in records:
+        if not _ok(r):
+            continue
+        pred = load_row_masks(params.report_path, r["key"])
+        title = (
+            f"{r['key']} ({r.get('math_mode')}): acc {r['metrics']['acc']:.5f}, IoU "
+            f"{r['metrics']['iou']:.4f}. {table_caption(records)}"
+        )
+        plot_masks(image, manifest["point"], gt, pred, manifest["order"], title)
+        plt.show()
+
+
+def plot_differences(image, gt: np.ndarray, pred: np.ndarray, order: list[int], title: str):
+    """Zoom on the pixels where prediction and ground truth differ (red: missed, blue: extra)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(order), figsize=(5 * len(order), 4), squeeze=False)
+    for i, idx in enumerate(order):
+        ax = axes[0, i]
+        missed, extra = gt[i] & ~pred[idx], pred[idx] & ~gt[i]
+        ys, xs = np.nonzero(missed | extra)
+        if image is not None:
+            ax.imshow(image, alpha=0.6)
+        overlay = np.zeros((*gt[i].shape, 4))
+        overlay[missed] = (1, 0, 0, 1)
+        overlay[extra] = (0, 0, 1, 1)
+        ax.imshow(overlay)
+        if len(xs):
+            pad = 20
+            ax.set_xlim(max(xs.min() - pad, 0), xs.max() + pad)
+            ax.set_ylim(ys.max() + pad, max(ys.min() - pad, 0))
+        ax.set_title(f"mask {i}: {missed.sum()} missed, {extra.sum()} extra px", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+METHOD_MARKDOWN = """\
+## How these numbers were measured
+- **p_*_core**: images / sum of core times; core = synchronize, host-to-device copy, forward,
+  synchronize (`time.perf_counter` after the first and the last sync). **p_*_whole**: images /
+  wall time of the whole loop (building each batch in host memory, core, post-processing to the
+  original image size, scoring against the ground truth held in device memory). Warm-up batches
+  are excluded from both. The dataset is the one sample repeated `datasize` times (drop_last),
+  `repeat` passes.
+- **acc**: mean over the 3 masks and every image of pixel agreement `(pred == gt).sum() / numel`
+  at the original image size (not IoU, not top-1); shown as infer/val. **IoU** beside it.
+- **MFU**: p_core x analytic FLOPs per image (encoder + prompt encoder + mask decoder, 2 FLOPs
+  per multiply-add, from the model config; checked against `torch.utils.flop_counter`) / the
+  params' dense peak at the precision that ran (fp32 means TF32 off). The original's convention
+  (3.1e12 "FLOPs" per image, really the multiply-add count) is shown beside it.
+- **mem**: on a GPU, whole-device used memory sampled by NVML every `memory_sample_ms` during
+  build + measurement, peak / total GiB, with the framework's own peak; on a CPU, this process's
+  resident set size / host RAM.
+- **Precision**: the image encoder runs in the row's precision; the prompt encoder and mask
+  decoder stay fp32 in every backend, so point coordinates are never rounded (the original's
+  fp16 accuracy loss).
+- **e2e_time**: ground truth + the val row (weights load, build, measurement) + the engine row.
+"""

@@ -1,0 +1,139 @@
+"""SAM vision attention with the decomposed rel-pos bias folded into the dot product.
+
+SAM adds to every attention logit a decomposed relative-position bias (MViTv2):
+
+    logit[i, j] = scale * q_i . k_j + rel_h[i, row(j)] + rel_w[i, col(j)]
+    rel_h[i, r] = q_i . R_h[row(i), r]         (unscaled q; R_h the gathered table)
+    rel_w[i, c] = q_i . R_w[col(i), c]
+
+transformers materializes the (B, heads, N, N) bias and passes it to SDPA as an additive mask,
+which rules out flash attention (and costs 512 MiB per image per global block in bf16). The
+same logits are one dot product of longer vectors:
+
+    q'_i = [scale * q_i, rel_h[i, :], rel_w[i, :], 0...]
+    k'_j = [k_j, onehot(row(j)), onehot(col(j)), 0...]
+
+so `scaled_dot_product_attention(q', k', v, scale=1)` with no mask gives the same attention,
+and flash attention can run it. For ViT-H: global blocks 80 + 64 + 64 = 208 dims, windowed
+blocks 80 + 14 + 14 = 108 -> 112 (zero-padded to a multiple of 8, which flash needs; the zeros
+add nothing to the dot product).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.sam.modeling_sam import SamVisionAttention
+
+from samrep.fast.relpos import rel_pos_tables
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= n."""
+    return -(-n // multiple) * multiple
+
+
+def key_position_onehot(grid: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """The rel-pos part of the folded keys for a `grid` x `grid` token grid (row-major tokens).
+
+    Returns (grid*grid, width): columns [0, grid) one-hot of the key's row, [grid, 2*grid)
+    one-hot of its column, the rest zeros (padding to `width` >= 2*grid).
+    """
+    tokens = torch.arange(grid * grid)
+    onehot = torch.zeros(grid * grid, width, dtype=dtype)
+    onehot[tokens, tokens // grid] = 1
+    onehot[tokens, grid + tokens % grid] = 1
+    return onehot
+
+
+class FastVisionAttention(nn.Module):
+    """SAM vision attention (same weights, same math) for one fixed `grid` x `grid` token grid.
+
+    Built from a transformers `SamVisionAttention` (either attention implementation); shares its
+    `qkv` and `proj` modules and snapshots its rel-pos tables, gathered once for `grid`, as
+    buffers (they follow `.to(device/dtype)`; no per-call index building or host copy).
+
+    fold_rel_pos: True: the bias is folded into q/k (see the module docstring) and SDPA runs
+        without a mask, so flash attention is eligible on CUDA. False: the bias is materialized
+        and passed as a mask, as transformers does (a reference and an ablation).
+    pad_value: pad v with zeros to the folded head dim and slice the output back. torch's flash
+        kernel (2.11 - 2.13, `check_head_dim_size_flash`) requires q, k and v to have the same
+        head dim, else SDPA falls back to memory-efficient attention; the zero columns of v only
+        produce zero output columns, which are dropped, so either choice is exact.
+    """
+
+    def __init__(
+        self,
+        attn: SamVisionAttention,
+        grid: int,
+        *,
+        fold_rel_pos: bool = True,
+        pad_value: bool = True,
+    ):
+        super().__init__()
+        self.qkv = attn.qkv
+        self.proj = attn.proj
+        self.num_heads = int(attn.num_attention_heads)
+        self.head_dim = attn.qkv.out_features // (3 * self.num_heads)
+        self.scale = float(attn.scale)
+        self.grid = int(grid)
+        self.use_rel_pos = bool(attn.use_rel_pos)
+        self.fold_rel_pos = bool(fold_rel_pos) and self.use_rel_pos
+        self.pad_value = bool(pad_value)
+        self.qk_dim = self.head_dim
+        if self.use_rel_pos:
+            table_h, table_w = rel_pos_tables(attn, self.grid)  # (grid, grid, head_dim) each
+            self.register_buffer("table_h", table_h, persistent=False)
+            self.register_buffer("table_w", table_w, persistent=False)
+        if self.fold_rel_pos:
+            self.qk_dim = round_up(self.head_dim + 2 * self.grid, 8)
+            extra = key_position_onehot(
+                self.grid, self.qk_dim - self.head_dim, attn.rel_pos_h.dtype
+            ).to(attn.rel_pos_h.device)
+            self.register_buffer("key_extra", extra, persistent=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, grid={self.grid}, "
+            f"fold_rel_pos={self.fold_rel_pos}, qk_dim={self.qk_dim}, pad_value={self.pad_value}"
+        )
+
+    def _rel_terms(self, q: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, ...]:
+        """rel_h (B, heads, N, grid) and rel_w (B, heads, N, grid) from q (B, heads, N, head_dim)."""
+        b, h, n, c = q.shape
+        q_grid = q.reshape(b, h, height, width, c)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, self.table_h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, self.table_w)
+        return rel_h.reshape(b, h, n, height), rel_w.reshape(b, h, n, width)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, grid, grid, hidden) -> (B, grid, grid, hidden), B = images x windows."""
+        b, height, width, channels = hidden_states.shape
+        if height != self.grid or width != self.grid:
+            raise ValueError(f"attention built for a {self.grid}x{self.grid} grid, got {height}x{width}")
+        n, heads, hd = height * width, self.num_heads, self.head_dim
+        # (3, B, heads, N, head_dim), the layout transformers uses
+        qkv = self.qkv(hidden_states).reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(head_dim), as HF
+        elif not self.fold_rel_pos:
+            rel_h, rel_w = self._rel_terms(q, height, width)
+            bias = rel_h.reshape(b, heads, height, width, height, 1) + rel_w.reshape(
+                b, heads, height, width, 1, width
+            )
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(b, heads, n, n))
+        else:
+            rel_h, rel_w = self._rel_terms(q, height, width)
+            q_fold = torch.cat([q * self.scale, rel_h, rel_w], dim=-1)
+            q_fold = F.pad(q_fold, (0, self.qk_dim - q_fold.shape[-1]))
+            k_fold = torch.cat([k, self.key_extra.expand(b, heads, n, -1)], dim=-1)
+            if self.pad_value:
+                v = F.pad(v, (0, self.qk_dim - hd))
+            # scale=1: the softmax scale is already in q_fold (and must not touch the bias)
+            out = F.scaled_dot_product_attention(q_fold, k_fold, v, scale=1.0)[..., :hd]
+
+        out = out.reshape(b, heads, height, width, hd).permute(0, 2, 3, 1, 4)
+        return self.proj(out.reshape(b, height, width, channels))
