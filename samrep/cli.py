@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         if name != "summary":
             p.add_argument("--force", action="store_true", help="redo finished stages/rows")
         if name == "evaluate":
-            p.add_argument("--only", nargs="+", metavar="ROW", help="row keys, e.g. val-torch-fp32-bs1")
+            p.add_argument(
+                "--only", nargs="+", metavar="ROW", help="row keys, e.g. val-torch-fp32-bs1"
+            )
     args = parser.parse_args(argv)
     try:
         return _run(args)

@@ -148,7 +148,8 @@ def load_params(hw: str) -> HwParams:
     if not path.is_file():
         known = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
         raise SamrepError(f"{path}: no such params file (known hw: {', '.join(known)})")
-    where = str(path.relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path)
+    resolved = path.resolve()
+    where = str(resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -93,7 +93,9 @@ def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_
             first: list[torch.Tensor] = []
 
             def after_batch(low_res_masks, iou_scores):
-                masks = postprocess_masks(low_res_masks, gt.inputs.reshaped_size, gt.inputs.original_size)
+                masks = postprocess_masks(
+                    low_res_masks, gt.inputs.reshaped_size, gt.inputs.original_size
+                )
                 if not first:
                     first.append(masks[0].cpu())
                 score.update(masks)
@@ -176,7 +178,9 @@ def measure_row(backend, dataset, params: HwParams, after_batch, progress):
     return measure(backend, dataset, params.data.repeat, params.data.warmup, after_batch, progress)
 
 
-def run_evaluation(params: HwParams, force: bool = False, only: list[str] | None = None) -> list[dict]:
+def run_evaluation(
+    params: HwParams, force: bool = False, only: list[str] | None = None
+) -> list[dict]:
     """Evaluate every row of `params` (or those whose key is in `only`), reusing fresh results."""
     import json
 

@@ -52,7 +52,9 @@ class FlopCount:
     @property
     def encoder(self) -> float:
         """Image encoder FLOPs per image."""
-        return self.encoder_linear + self.encoder_attention + self.encoder_rel_pos + self.encoder_conv
+        return (
+            self.encoder_linear + self.encoder_attention + self.encoder_rel_pos + self.encoder_conv
+        )
 
     @property
     def total(self) -> float:
@@ -87,8 +89,10 @@ def _sam_attention(n_query: int, n_key: int, hidden: int, internal: int) -> int:
 
 def _feed_forward(d_in: int, d_hidden: int, d_out: int, num_layers: int) -> int:
     """FLOPs of one token through `SamFeedForward` (proj_in, num_layers - 2 hidden, proj_out)."""
-    return _mm(1, d_in, d_hidden) + (num_layers - 2) * _mm(1, d_hidden, d_hidden) + _mm(
-        1, d_hidden, d_out
+    return (
+        _mm(1, d_in, d_hidden)
+        + (num_layers - 2) * _mm(1, d_hidden, d_hidden)
+        + _mm(1, d_hidden, d_out)
     )
 
 

@@ -23,7 +23,9 @@ def postprocess_masks(
     Returns (B, M, H, W) bool: bilinear to pad_size, crop to reshaped_size, bilinear to
     original_size, logits > 0.
     """
-    x = F.interpolate(low_res_masks.float(), (pad_size, pad_size), mode="bilinear", align_corners=False)
+    x = F.interpolate(
+        low_res_masks.float(), (pad_size, pad_size), mode="bilinear", align_corners=False
+    )
     x = x[..., : reshaped_size[0], : reshaped_size[1]]
     x = F.interpolate(x, original_size, mode="bilinear", align_corners=False)
     return x > 0
@@ -51,7 +53,9 @@ class MaskScore:
         inter = (pred & gt).sum(dim=(-1, -2)).double()
         union = (pred | gt).sum(dim=(-1, -2)).double()
         # Both empty: identical masks, IoU 1.
-        self.iou += torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).sum(0)
+        self.iou += torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).sum(
+            0
+        )
         self.images += masks.shape[0]
 
     def result(self) -> dict:

@@ -153,7 +153,9 @@ def load_model(
     reused on later runs.
     """
     if arch not in ARCHITECTURES:
-        raise SamrepError(f"model.arch: unknown architecture '{arch}' (known: {list(ARCHITECTURES)})")
+        raise SamrepError(
+            f"model.arch: unknown architecture '{arch}' (known: {list(ARCHITECTURES)})"
+        )
     model, source, name = None, "", weights
     reason = ""
     path = Path(weights).expanduser()

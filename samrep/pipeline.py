@@ -63,7 +63,10 @@ def render_html(notebook: Path, target: Path) -> Path:
 
     nb = nbformat.read(notebook, as_version=4)
     exporter = HTMLExporter(
-        template_name="lab", exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+        template_name="lab",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
     )
     body, _ = exporter.from_notebook_node(nb)
     atomic_write_bytes(target, body.encode())

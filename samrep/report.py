@@ -102,7 +102,9 @@ def spec_table(records: list[dict], gt_seconds: float | None = None) -> pd.DataF
     for key, v in sorted(val.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if key not in used:
             rows.append(_row("(val only)", None, v, gt_seconds))
-    return pd.DataFrame(rows, columns=SPEC_COLUMNS + ["IoU", "MFU (3.1e12 conv.)", "weights", "notes"])
+    return pd.DataFrame(
+        rows, columns=SPEC_COLUMNS + ["IoU", "MFU (3.1e12 conv.)", "weights", "notes"]
+    )
 
 
 def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | None) -> list:
@@ -124,9 +126,7 @@ def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | No
     if _ok(head):
         m = head["metrics"]
         mfu = f"{100 * m['mfu']:.2f}%" if m.get("mfu") is not None else "n/a: no peak in params"
-        mfu_orig = (
-            f"{100 * m['mfu_original']:.2f}%" if m.get("mfu_original") is not None else "n/a"
-        )
+        mfu_orig = f"{100 * m['mfu_original']:.2f}%" if m.get("mfu_original") is not None else "n/a"
         mem = f"{m['mem_peak_gib']:.1f}/{m['mem_total_gib']:.1f}"
         if head["memory"]["method"] == "rss":
             notes.append("mem = process RSS / host RAM (no device memory on a CPU)")
@@ -353,7 +353,9 @@ def plot_ground_truth(image: np.ndarray | None, manifest: dict):
         if masks is not None:
             ax.imshow(np.ma.masked_where(~masks[i], masks[i]), alpha=0.55, cmap="autumn")
         ax.plot(*point, marker="*", color="cyan", markersize=12, markeredgecolor="k")
-        ax.set_title(f"sam_gt_{i}.pt: {100 * manifest['area_fractions'][i]:.1f}% of pixels", fontsize=8)
+        ax.set_title(
+            f"sam_gt_{i}.pt: {100 * manifest['area_fractions'][i]:.1f}% of pixels", fontsize=8
+        )
     for ax in axes:
         ax.axis("off")
     fig.suptitle(_weights_label(manifest["weights"]), fontsize=8)
@@ -395,7 +397,7 @@ def header_markdown(params, records: list[dict], manifest: dict) -> str:
         f"# samrep report: {params.hw}",
         f"{params.description}",
         "",
-        "| | |",
+        "| what | value |",
         "|---|---|",
         f"| device | {p['device']} |",
         f"| driver / CUDA | {p['driver'] or '-'} / {p['cuda'] or '-'} |",

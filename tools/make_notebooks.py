@@ -20,18 +20,21 @@ def params_cell(src: str):
 
 def write(name: str, cells: list) -> None:
     nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.write(nb, NOTEBOOKS / f"{name}.ipynb")
 
 
-SETUP = """\
-import matplotlib.pyplot as plt
-from IPython.display import Markdown, display
+def setup(*imports: str) -> str:
+    """The first code cell: imports (samrep's sorted after the rest), then the params."""
+    lines = ["import matplotlib.pyplot as plt", "from IPython.display import Markdown, display", ""]
+    lines += sorted(["from samrep.config import load_params", *imports])
+    return "\n".join(lines) + "\n\nparams = load_params(hw)"
 
-from samrep.config import load_params
-
-params = load_params(hw)"""
 
 write(
     "01_ground_truth",
@@ -42,8 +45,12 @@ write(
             "original image size; masks saved smallest first as `sam_gt_{0,1,2}.pt`."
         ),
         params_cell('hw = "cpu"\nforce = False'),
-        new_code_cell(SETUP + "\nfrom samrep.groundtruth import run_ground_truth\nfrom samrep import report"),
-        new_code_cell("gt = run_ground_truth(params, force=force)\ndisplay(report.manifest_table(gt.manifest))"),
+        new_code_cell(
+            setup("from samrep import report", "from samrep.groundtruth import run_ground_truth")
+        ),
+        new_code_cell(
+            "gt = run_ground_truth(params, force=force)\ndisplay(report.manifest_table(gt.manifest))"
+        ),
         new_code_cell(
             "fig = report.plot_ground_truth(report.load_image(gt.manifest), gt.manifest)\nplt.show()"
         ),
@@ -59,8 +66,12 @@ write(
             "whole timed regions (`samrep.timing`), scoring every image against the ground truth."
         ),
         params_cell('hw = "cpu"\nforce = False'),
-        new_code_cell(SETUP + "\nfrom samrep.evaluate import run_evaluation\nfrom samrep import report"),
-        new_code_cell("records = run_evaluation(params, force=force)\ndisplay(report.rows_table(records))"),
+        new_code_cell(
+            setup("from samrep import report", "from samrep.evaluate import run_evaluation")
+        ),
+        new_code_cell(
+            "records = run_evaluation(params, force=force)\ndisplay(report.rows_table(records))"
+        ),
     ],
 )
 
@@ -69,8 +80,7 @@ write(
     [
         params_cell('hw = "cpu"'),
         new_code_cell(
-            SETUP
-            + "\nfrom samrep import report\nfrom samrep.results import load_records\n\n"
+            setup("from samrep import report", "from samrep.results import load_records") + "\n"
             "records = load_records(params.report_path)\nmanifest = report.read_manifest(params.data_path)\n"
             "display(Markdown(report.header_markdown(params, records, manifest)))"
         ),
@@ -111,10 +121,11 @@ write(
             "Pick a hardware report and a row; see the image with its prompt point, each predicted "
             "mask beside its ground truth, and where they differ (zoomed on the differences)."
         ),
-        params_cell('hw = "cpu"\nrow = ""  # a row key such as "val-torch-fp32-bs1"; empty = first ok row'),
+        params_cell(
+            'hw = "cpu"\nrow = ""  # a row key such as "val-torch-fp32-bs1"; empty = first ok row'
+        ),
         new_code_cell(
-            SETUP
-            + "\nfrom samrep import report\nfrom samrep.results import load_records\n\n"
+            setup("from samrep import report", "from samrep.results import load_records") + "\n"
             "records = load_records(params.report_path)\nmanifest = report.read_manifest(params.data_path)\n"
             "ok = [r['key'] for r in records if r['status'] == 'ok']\nprint('rows with masks:', ok)\n"
             "row = row or ok[0]"
@@ -124,6 +135,8 @@ write(
             "pred = report.load_row_masks(params.report_path, row)\n"
             "fig = report.plot_masks(image, manifest['point'], gt, pred, manifest['order'], row)\nplt.show()"
         ),
-        new_code_cell("fig = report.plot_differences(image, gt, pred, manifest['order'], row)\nplt.show()"),
+        new_code_cell(
+            "fig = report.plot_differences(image, gt, pred, manifest['order'], row)\nplt.show()"
+        ),
     ],
 )

@@ -111,7 +111,9 @@ class FastVisionAttention(nn.Module):
         """(B, grid, grid, hidden) -> (B, grid, grid, hidden), B = images x windows."""
         b, height, width, channels = hidden_states.shape
         if height != self.grid or width != self.grid:
-            raise ValueError(f"attention built for a {self.grid}x{self.grid} grid, got {height}x{width}")
+            raise ValueError(
+                f"attention built for a {self.grid}x{self.grid} grid, got {height}x{width}"
+            )
         n, heads, hd = height * width, self.num_heads, self.head_dim
         # (3, B, heads, N, head_dim), the layout transformers uses
         qkv = self.qkv(hidden_states).reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)

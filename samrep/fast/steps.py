@@ -1,0 +1,253 @@
+"""Measure the optimisation steps of `samrep.fast` one on top of the other, on one device.
+
+Steps (cumulative):
+  0 HF eager (the model's attention implementation, SDPA by default) in the precision
+  1 + rel-pos gather index cached on the device (no CPU arange + host copy per layer)
+  2 + FastSam: folded rel-pos flash attention, rel-pos tables and image PE precomputed
+  3 + torch.compile (default mode)
+  4 + CUDA graph: the step-3 compiled module captured on a static batch with
+      torch.cuda.CUDAGraph (no second compile); replay = copy inputs in + replay
+  5 + fp8 e4m3 linear layers in the image encoder (bf16 only), compiled + CUDA graph
+
+Timing: per iteration, core = synchronize, forward, synchronize (time.perf_counter);
+img/s = bs * iters / sum(core). Every step's low-res mask logits are compared with step 0's.
+A failing step becomes {"step": i, "name": ..., "error": "..."} and the next step still runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import SamModel
+
+from samrep.fast.model import DTYPES, build_fast_sam, converted_copy
+from samrep.fast.relpos import cache_hf_rel_pos_index_
+
+STEP_NAMES = (
+    "hf eager",
+    "+ cached rel-pos index",
+    "+ folded flash attention",
+    "+ torch.compile",
+    "+ cuda graphs",
+    "+ fp8 linear",
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batched(t: torch.Tensor, bs: int) -> torch.Tensor:
+    """`t` with batch `bs`: sliced, or tiled along dim 0 (e.g. one image repeated)."""
+    if t.shape[0] >= bs:
+        return t[:bs]
+    reps = -(-bs // t.shape[0])
+    return t.repeat(reps, *([1] * (t.ndim - 1)))[:bs]
+
+
+def _graph_breaks() -> int:
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(sum(counters["graph_break"].values()))
+    except Exception:  # counters are internal API: a missing count is not an error
+        return -1
+
+
+def _cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Capture `fn(*static_inputs)` in a CUDA graph; returns run() = copy inputs in + replay."""
+    static = [x.clone() for x in inputs]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(3):
+            fn(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*static)
+
+    def run() -> torch.Tensor:
+        for dst, src in zip(static, inputs, strict=True):
+            dst.copy_(src)
+        graph.replay()
+        return out
+
+    run.graph = graph  # keep the graph (and its memory pool) alive with the callable
+    return run
+
+
+def _measure(
+    fn: Callable[[], torch.Tensor], device: torch.device, bs: int, iters: int, warmup: int
+) -> dict:
+    """First call (timed: includes any compile), warm-up, then `iters` timed calls."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn()
+    cores = []
+    out = None
+    for _ in range(max(1, iters)):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        cores.append(time.perf_counter() - t0)
+    # clone: a CUDA-graph output buffer is overwritten by the next replay
+    logits = out.detach().float().clone()
+    return {
+        "img_per_s": bs * len(cores) / sum(cores),
+        "ms_per_iter_mean": 1e3 * sum(cores) / len(cores),
+        "ms_per_iter_min": 1e3 * min(cores),
+        "first_call_s": first_s,
+        "logits": logits,
+    }
+
+
+def optimisation_steps(
+    model: SamModel,
+    pixel_values: torch.Tensor,
+    input_points: torch.Tensor,
+    *,
+    bs: int,
+    precision: str,
+    device: str,
+    iters: int,
+    warmup: int,
+    steps: Sequence[int] = (0, 1, 2, 3, 4, 5),
+) -> list[dict]:
+    """Measure the cumulative optimisation steps (module docstring) and return one dict each.
+
+    model: HF SamModel (any device/dtype; never modified: each step works on a copy).
+    pixel_values (N, 3, 1024, 1024), input_points (N, 1, 1, 2) pixel coords: sliced or tiled
+        to batch `bs`.
+    precision: "fp32" | "fp16" | "bf16"; device e.g. "cuda" (steps 4 and 5 need CUDA; on the
+        CPU run steps (0, 1, 2) only). steps: which steps to run (later ones build what they
+        need from earlier ones themselves).
+    Each dict: step (int), name, img_per_s, ms_per_iter_mean, ms_per_iter_min,
+    max_abs_diff (low-res logits vs step 0; None without step 0), mask_agreement (fraction
+    of logits with the same sign as step 0), compile_s (seconds this step added: compile
+    and/or graph capture; 0 for eager), first_call_s, peak_mem_gib (CUDA), graph_breaks (compiled steps), bs, precision; or
+    {"step", "name", "error", "traceback"}.
+    """
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    dev = torch.device(device)
+    dtype = DTYPES[precision]
+    pv = _batched(pixel_values, bs).to(dev, dtype)
+    pts = _batched(input_points, bs).to(dev, torch.float32)
+    state: dict[str, object] = {}
+    results: list[dict] = []
+    reference: torch.Tensor | None = None
+
+    def hf_model():
+        if "hf" not in state:
+            state["hf"] = converted_copy(model, dtype, dev).eval()
+        return state["hf"]
+
+    def fast_model():
+        if "fast" not in state:
+            state.pop("hf", None)  # not needed any more: free its memory
+            state["fast"] = build_fast_sam(model, precision=precision).to(dev)
+        return state["fast"]
+
+    def hf_fn(hf):
+        return lambda: hf(pixel_values=pv, input_points=pts, multimask_output=True).pred_masks
+
+    def compiled(key: str, module: torch.nn.Module) -> tuple[Callable, float]:
+        """torch.compile (default mode), compiled by a first call and cached under `key`.
+        Returns (fn, compile seconds spent now: 0 when already compiled by an earlier step)."""
+        if key in state:
+            return state[key], 0.0
+        fn = torch.compile(module)
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn(pv, pts)
+        _sync(dev)
+        state[key] = fn
+        return fn, time.perf_counter() - t0
+
+    def graphed(key: str, module: torch.nn.Module) -> tuple[Callable, float]:
+        """The compiled module captured in a CUDA graph; seconds = compile (if new) + capture."""
+        fn, compile_s = compiled(key, module)
+        t0 = time.perf_counter()
+        run = _cuda_graph(lambda a, b: fn(a, b)[0], pv, pts)
+        _sync(dev)
+        return run, compile_s + time.perf_counter() - t0
+
+    def step_fn(i: int) -> tuple[Callable, float]:
+        """(forward returning low-res logits, compile seconds) for step i."""
+        if i == 0:
+            return hf_fn(hf_model()), 0.0
+        if i == 1:
+            hf = hf_model()
+            cache_hf_rel_pos_index_(hf)
+            return hf_fn(hf), 0.0
+        if i == 2:
+            fast = fast_model()
+            return (lambda: fast(pv, pts)[0]), 0.0
+        if i == 3:
+            fn, compile_s = compiled("compiled", fast_model())
+            return (lambda: fn(pv, pts)[0]), compile_s
+        if i == 4:
+            if dev.type != "cuda":
+                raise RuntimeError("CUDA graphs need a CUDA device")
+            return graphed("compiled", fast_model())
+        if i == 5:
+            if precision != "bf16":
+                raise RuntimeError("fp8 linear is measured in bf16 only")
+            if dev.type != "cuda":
+                raise RuntimeError("fp8 linear needs a CUDA device")
+            for key in ("fast", "compiled", "hf"):  # free the bf16 copies first
+                state.pop(key, None)
+            gc.collect()
+            torch.cuda.empty_cache()
+            fast8 = build_fast_sam(model, precision="bf16", fp8_linear=True).to(dev)
+            return graphed("compiled_fp8", fast8)
+        raise ValueError(f"unknown step {i}")
+
+    for i in steps:
+        name = STEP_NAMES[i] if 0 <= i < len(STEP_NAMES) else f"step {i}"
+        try:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            breaks0 = _graph_breaks()
+            with torch.no_grad():
+                fn, compile_s = step_fn(i)
+                m = _measure(fn, dev, bs, iters, warmup)
+            logits = m.pop("logits")
+            row = {"step": i, "name": name, "bs": bs, "precision": precision, **m}
+            row["compile_s"] = compile_s
+            row["graph_breaks"] = _graph_breaks() - breaks0 if i >= 3 else 0
+            if i == 0:
+                reference = logits
+            if reference is not None:
+                row["max_abs_diff"] = (logits - reference).abs().max().item()
+                row["mask_agreement"] = ((logits > 0) == (reference > 0)).float().mean().item()
+            else:
+                row["max_abs_diff"] = row["mask_agreement"] = None
+            if dev.type == "cuda":
+                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+            results.append(row)
+        except Exception as exc:  # one failing step must not lose the others
+            results.append(
+                {
+                    "step": i,
+                    "name": name,
+                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                    "traceback": traceback.format_exc()[-4000:],
+                }
+            )
+        finally:
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return results

@@ -1,0 +1,68 @@
+"""The whole `make report HW=tiny` path: papermill notebooks, nbconvert HTML."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from samrep.config import REPO_ROOT, load_params
+
+
+@pytest.fixture(scope="module")
+def tiny_report():
+    params = load_params("tiny")
+    proc = subprocess.run(
+        ["make", "report", "HW=tiny", f"PY={sys.executable}", "SETUP=", "FORCE=1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return params, proc
+
+
+def test_report_html_has_the_metrics_table_and_figures(tiny_report):
+    params, proc = tiny_report
+    # Progress: one line per stage reaches the terminal.
+    for stage in ("notebook 01_ground_truth", "notebook 04_evaluate", "notebook 99_summary"):
+        assert stage in proc.stderr
+    html = (params.report_path / "index.html").read_text()
+    tables = re.findall(r"<table.*?</table>", html, re.S)
+    metrics = next(t for t in tables if "p_val_whole" in t)
+    header = re.search(r"<thead>.*?</thead>", metrics, re.S).group(0)
+    for col in ("p_val_whole", "p_val_core", "p_infer_core", "MFU", "acc", "mem", "e2e_time"):
+        assert col in header
+    # The first table's first data row carries numbers for the val columns.
+    first_row = re.search(r"<tbody>\s*<tr>(.*?)</tr>", metrics, re.S).group(1)
+    cells = [
+        re.sub(r"<[^>]+>", "", c).strip()
+        for c in re.findall(r"<td[^>]*>(.*?)</td>", first_row, re.S)
+    ]
+    numeric = [c for c in cells if re.fullmatch(r"\d+(\.\d+)?%?", c)]
+    assert len(numeric) >= 4, cells
+    assert "not run: no engine configured" in html
+    # Figures embedded: throughput/memory + one mask figure per ok row.
+    assert html.count("data:image/png;base64,") >= 1 + len(params.runs)
+    assert "synthetic weights" in html.lower()
+    assert "grace_hopper.jpg" in html  # which image was used is said
+    assert "import samrep" not in html and "load_params(" not in html  # code hidden
+    assert (REPO_ROOT / "reports" / "index.html").is_file()
+
+
+def test_explore_masks_notebook_runs(tiny_report, tmp_path):
+    import papermill
+
+    out = tmp_path / "explore.ipynb"
+    papermill.execute_notebook(
+        str(REPO_ROOT / "notebooks/explore_masks.ipynb"),
+        str(out),
+        parameters={"hw": "tiny", "row": ""},
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(REPO_ROOT),
+    )
+    assert out.read_text().count("image/png") >= 2
