@@ -195,8 +195,12 @@ class RepeatedDataset:
 
     def __iter__(self):
         for _ in range(len(self)):
-            pixel_values = self.inputs.pixel_values.expand(self.bs, -1, -1, -1).contiguous()
-            input_points = self.inputs.input_points.expand(self.bs, -1, -1, -1).contiguous()
+            # clone, not contiguous(): at bs=1 the expand is already contiguous and would be the
+            # source tensor itself (no copy, and one tensor shared by every batch)
+            pixel_values, input_points = (
+                t.expand(self.bs, -1, -1, -1).clone(memory_format=torch.contiguous_format)
+                for t in (self.inputs.pixel_values, self.inputs.input_points)
+            )
             if self.pin:
                 pixel_values, input_points = pixel_values.pin_memory(), input_points.pin_memory()
             yield pixel_values, input_points

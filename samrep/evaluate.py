@@ -123,7 +123,7 @@ def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_
         return record
 
     scores = score.result()
-    flops = sam_flops(model.config, points_per_image=1)
+    flops = sam_flops(model.config, points_per_image=1, batch_size=run.bs)
     peak = params.peaks.get(PEAK_KEY[run.precision])
     metrics = {
         "p_whole": timing.p_whole,

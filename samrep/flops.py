@@ -105,12 +105,12 @@ def _encoder_flops(config: SamConfig) -> tuple[int, int, int, int]:
     linear = attention = rel_pos = 0
     for i in range(v.num_hidden_layers):
         window = 0 if i in v.global_attn_indexes else v.window_size
-        if window > 0:
-            side = math.ceil(grid / window) * window  # padded side, 70 for window 14
-            windows, tokens = (side // window) ** 2, window * window
+        if window > 0:  # pad the grid to a multiple of the window: 64 -> 70 for window 14
+            span = window  # rows (= columns) of tokens in one attention
+            windows = math.ceil(grid / window) ** 2
         else:
-            side, windows, tokens = grid, 1, n
-        span = math.isqrt(tokens)  # query/key rows (= cols) of one attention: window or grid
+            span, windows = grid, 1
+        tokens = span * span  # tokens per attention (196 windowed, 4096 global for ViT-H)
         padded = windows * tokens
         linear += _mm(padded, c, 3 * c) + _mm(padded, c, c)  # qkv, proj: padded tokens
         linear += _mm(n, c, v.mlp_dim) + _mm(n, v.mlp_dim, c)  # MLP: real tokens only

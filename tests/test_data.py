@@ -102,7 +102,9 @@ class HubImitation:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
         self.running = True
 
@@ -410,10 +412,21 @@ def test_repeated_dataset_drops_the_last_batch(car_sized_inputs, datasize, bs, b
         assert torch.equal(input_points[-1], car_sized_inputs.input_points[0])
 
 
-def test_repeated_dataset_batches_are_fresh_copies(car_sized_inputs):
-    first, second = (pv for pv, _ in RepeatedDataset(car_sized_inputs, datasize=2, bs=1))
-    assert first.data_ptr() != car_sized_inputs.pixel_values.data_ptr()
-    assert first.data_ptr() != second.data_ptr() or first is not second
+@pytest.mark.parametrize("bs", [1, 2])
+def test_repeated_dataset_batches_are_fresh_copies(car_sized_inputs, bs):
+    """Every batch is its own copy (the per-batch "data loading"), at bs=1 too."""
+    source = car_sized_inputs
+    before = source.pixel_values.clone()
+    kept = []  # keep every batch alive so no storage can be recycled between batches
+    for pixel_values, input_points in RepeatedDataset(source, datasize=2 * bs, bs=bs):
+        assert pixel_values.untyped_storage().data_ptr() != source.pixel_values.data_ptr()
+        assert input_points.untyped_storage().data_ptr() != source.input_points.data_ptr()
+        for old, _ in kept:
+            assert pixel_values.data_ptr() != old.data_ptr()
+        pixel_values.zero_()  # a consumer writing into its batch must not change the source
+        kept.append((pixel_values, input_points))
+    assert len(kept) == 2
+    assert torch.equal(source.pixel_values, before)
 
 
 @pytest.mark.parametrize(("datasize", "bs"), [(4, 0), (4, 5)])

@@ -115,7 +115,7 @@ CASES = {  # id: (config, batch, prompts)
 }
 
 
-@pytest.mark.parametrize("make_config,batch,prompts", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("make_config,batch,prompts", list(CASES.values()), ids=list(CASES))
 def test_matches_flop_counter_on_real_forward(make_config, batch: int, prompts: int) -> None:
     config = make_config()
     model = _eager_model(config)

@@ -1,0 +1,102 @@
+"""samrep.fast attention and rel-pos pieces vs transformers' SAM vision attention (fp32, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention
+
+from samrep.fast.attention import FastVisionAttention, key_position_onehot, round_up
+from samrep.fast.relpos import cache_hf_rel_pos_index_, rel_pos_tables
+from samrep.fast.testing import sample_inputs, sensitive_init_, sensitive_tiny_sam
+from samrep.model import tiny_config, vit_h_config
+
+# fp32 attention output (values ~3, std ~0.6): measured max |fast - HF SDPA| 2.3e-6 for both
+# ViT-H shapes and ~5e-7 on the tiny config (folded: q*scale is rounded where SDPA scales
+# inside; the bias enters one fp32 dot product instead of a separate add).
+ATTN_ATOL_FP32 = 2e-5
+
+
+def _attention(config, window_size: int, cls=SamVisionSdpaAttention, seed: int = 0):
+    attn = cls(config, window_size)
+    return sensitive_init_(attn, seed).eval()  # rel-pos std 0.5: the bias matters
+
+
+@pytest.mark.parametrize("size", [14, 64])
+def test_rel_pos_tables_match_hf(size):
+    attn = _attention(tiny_config().vision_config, 0 if size == 64 else size)
+    table_h, table_w = rel_pos_tables(attn, size)
+    assert table_h.shape == (size, size, attn.rel_pos_h.shape[1])
+    assert torch.equal(table_h, attn.get_rel_pos(size, size, attn.rel_pos_h))
+    assert torch.equal(table_w, attn.get_rel_pos(size, size, attn.rel_pos_w))
+
+
+def test_cached_index_is_bitwise_hf():
+    attn = _attention(tiny_config().vision_config, 14)
+    expected = attn.get_rel_pos(14, 14, attn.rel_pos_h)
+    other_length = attn.get_rel_pos(10, 10, attn.rel_pos_h)  # resize path (falls back to HF)
+    assert cache_hf_rel_pos_index_(attn) == 1
+    assert torch.equal(attn.get_rel_pos(14, 14, attn.rel_pos_h), expected)
+    assert torch.equal(attn.get_rel_pos(14, 14, attn.rel_pos_h), expected)  # cached
+    assert torch.equal(attn.get_rel_pos(10, 10, attn.rel_pos_h), other_length)
+    assert len(attn._samrep_rel_pos_index) == 1
+
+
+def test_cached_index_whole_model_bitwise():
+    model = sensitive_tiny_sam(0)
+    pixel_values, points = sample_inputs(1)
+    with torch.no_grad():
+        before = model(pixel_values=pixel_values, input_points=points).pred_masks
+        assert cache_hf_rel_pos_index_(model) == 2
+        after = model(pixel_values=pixel_values, input_points=points).pred_masks
+    assert torch.equal(before, after)
+
+
+def test_key_position_onehot():
+    onehot = key_position_onehot(3, 8, torch.float32)
+    assert onehot.shape == (9, 8)
+    # token 5 = row 1, col 2
+    assert onehot[5].tolist() == [0, 1, 0, 0, 0, 1, 0, 0]
+    assert torch.equal(onehot.sum(1), torch.full((9,), 2.0))
+    assert round_up(80 + 28, 8) == 112 and round_up(80 + 128, 8) == 208
+
+
+def test_vit_h_head_dims():
+    config = vit_h_config().vision_config
+    windowed = FastVisionAttention(SamVisionSdpaAttention(config, 14), 14)
+    global_ = FastVisionAttention(SamVisionSdpaAttention(config, 0), 64)
+    assert (windowed.head_dim, windowed.qk_dim, global_.qk_dim) == (80, 112, 208)
+    assert global_.key_extra.shape == (4096, 128)
+
+
+@pytest.mark.parametrize("cls", [SamVisionSdpaAttention, SamVisionAttention])
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("window_size,shape", [(14, (6, 14, 14, 32)), (0, (2, 64, 64, 32))])
+def test_tiny_attention_matches_hf(cls, fold, window_size, shape):
+    attn = _attention(tiny_config().vision_config, window_size, cls)
+    fast = FastVisionAttention(attn, shape[1], fold_rel_pos=fold)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = attn(x)[0]
+        got = fast(x)
+    torch.testing.assert_close(got, expected, atol=ATTN_ATOL_FP32, rtol=0)
+
+
+def test_attention_rejects_other_grid():
+    fast = FastVisionAttention(_attention(tiny_config().vision_config, 14), 14)
+    with pytest.raises(ValueError, match="14x14"):
+        fast(torch.zeros(1, 7, 7, 32))
+
+
+@pytest.mark.parametrize(
+    "window_size,shape", [(14, (25, 14, 14, 1280)), (0, (1, 64, 64, 1280))], ids=["win", "glob"]
+)
+def test_vit_h_attention_matches_hf(window_size, shape):
+    """Real ViT-H dims (1280 wide, 16 heads of 80): one windowed and one global module."""
+    attn = _attention(vit_h_config().vision_config, window_size)
+    fast = FastVisionAttention(attn, shape[1])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = attn(x)[0]
+        got = fast(x)
+    torch.testing.assert_close(got, expected, atol=ATTN_ATOL_FP32, rtol=0)
