@@ -10,7 +10,6 @@ on her jacket; every result then names the image it used.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,9 +203,3 @@ class RepeatedDataset:
             if self.pin:
                 pixel_values, input_points = pixel_values.pin_memory(), input_points.pin_memory()
             yield pixel_values, input_points
-
-
-def set_hf_cache_env(cache_dir: str | os.PathLike | None) -> None:
-    """Point the hub client at a cache folder (tests use a temporary one)."""
-    if cache_dir is not None:
-        os.environ["HF_HUB_CACHE"] = str(cache_dir)

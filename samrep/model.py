@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,6 +84,9 @@ class WeightsInfo:
         return asdict(self)
 
 
+_DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")
+
+
 def synthetic_init_(model: SamModel, seed: int) -> SamModel:
     """Seeded init that keeps activations sane (transformers' own SAM init does not).
 
@@ -102,6 +106,12 @@ def synthetic_init_(model: SamModel, seed: int) -> SamModel:
                 param.zero_()
             elif leaf == "positional_embedding":
                 param.copy_(torch.randn(param.shape, generator=gen))
+            elif param.ndim >= 2 and leaf == "weight" and name.startswith(_DECODER_PARTS):
+                # Prompt encoder and mask decoder: std 1/sqrt(fan_in) keeps the mask logits
+                # O(1); with 0.02 they shrink to ~1e-5 and thresholding them at 0 is sign noise.
+                fan_in = param[0].numel()
+                t = torch.randn(param.shape, generator=gen) / fan_in**0.5
+                param.copy_(t.clamp_(-2 / fan_in**0.5, 2 / fan_in**0.5))
             elif param.ndim >= 2 and leaf == "weight":
                 t = torch.randn(param.shape, generator=gen) * 0.02
                 param.copy_(t.clamp_(-0.04, 0.04))
@@ -229,5 +239,7 @@ def _synthetic(
     model = synthetic_init_(SamModel(config), seed)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
-    tmp.replace(folder) if not folder.exists() else None
+    if folder.exists():  # a half-written or foreign folder without config.json: replace it
+        shutil.rmtree(folder)
+    tmp.replace(folder)
     return model, name
