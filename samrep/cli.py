@@ -12,6 +12,8 @@ HELP = """stages:
   evaluate      every row of params/<hw>.yaml -> reports/<hw>/results/<row>.json
   summary       print the metrics table of reports/<hw>/results
   report        the whole chain with papermill + nbconvert -> reports/<hw>/index.html
+  bench         one configuration, printed: p_infer_core, MFU, acc, IoU, peak memory
+  steps         the fast backend's optimisation steps, one on top of the other -> steps.json
 """
 
 
@@ -37,6 +39,17 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(
                 "--only", nargs="+", metavar="ROW", help="row keys, e.g. val-torch-fp32-bs1"
             )
+    bench = sub.add_parser("bench", help="measure one configuration and print it")
+    bench.add_argument("--hw", default="cpu", help="params/<hw>.yaml (peaks, data, model)")
+    bench.add_argument("--backend", required=True, help="a backend name, e.g. torch, fast")
+    bench.add_argument("--precision", required=True, help="fp32, tf32, fp16, bf16 or fp8")
+    bench.add_argument("--bs", type=int, required=True, help="batch size")
+    bench.add_argument("--phase", default="infer", choices=("val", "infer"))
+    steps = sub.add_parser("steps", help="time the fast backend's optimisation steps")
+    steps.add_argument("--hw", default="cpu", help="params/<hw>.yaml")
+    steps.add_argument("--bs", type=int, default=16, help="batch size (default 16)")
+    steps.add_argument("--precision", default="bf16", help="fp32, fp16 or bf16 (default bf16)")
+    steps.add_argument("--iters", type=int, default=20, help="timed iterations per step")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -58,6 +71,16 @@ def _run(args) -> int:
         print(page)
         return 0
     params = load_params(args.hw)
+    if args.stage == "bench":
+        from samrep.bench import bench
+
+        record = bench(params, args.backend, args.precision, args.bs, args.phase)
+        return 0 if record["status"] == "ok" else 1
+    if args.stage == "steps":
+        from samrep.bench import steps
+
+        steps(params, args.bs, args.precision, args.iters)
+        return 0
     if args.stage == "groundtruth":
         from samrep.groundtruth import run_ground_truth
 

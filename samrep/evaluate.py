@@ -78,7 +78,9 @@ def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_
         cls = get_backend(run.backend)
         cls.check_available(params.device, run.precision)
         stage = "build"
-        backend = cls(params.device, run.precision, run.options, params.data_path / "engines")
+        backend = cls(
+            params.device, run.precision, run.options, params.data_path / "engines", bs=run.bs
+        )
         log(f"{run.key}: building")
         t0 = time.perf_counter()
         with MemoryMonitor(params.device, params.memory_sample_ms) as mon:

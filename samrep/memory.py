@@ -1,14 +1,12 @@
 """Memory measurement: device memory by NVML sampling on GPUs, process RSS on the CPU.
 
-A sampling thread reads the figure every `interval_ms` and keeps the peak, so the peak of one
+A sampling process reads the figure every `interval_ms` and keeps the peak, so the peak of one
 measured phase is known, not a whole-device poll every 5 s over every phase (the original's
 defect 6). The framework's own peak (torch.cuda.max_memory_allocated) is reported beside it.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import asdict, dataclass
 
 GIB = 1024**3
@@ -36,57 +34,68 @@ class MemoryReport:
         return asdict(self)
 
 
-class _Sampler(threading.Thread):
-    def __init__(self, read, interval_s: float):
-        super().__init__(daemon=True)
-        self.read, self.interval_s = read, interval_s
-        self.peak, self.samples = read(), 1
-        self._stop_event = threading.Event()
+def _read_fn(method: str, target: int):
+    """A zero-argument reader of used memory in bytes, and the total, for the sampler process."""
+    if method == "nvml":
+        import pynvml
 
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            value = self.read()
-            self.samples += 1
-            if value > self.peak:
-                self.peak = value
-            time.sleep(self.interval_s)
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(target)
+        total = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+        return (lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used), total
+    import psutil
 
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-        self.peak = max(self.peak, self.read())
+    proc = psutil.Process(target)
+    return (lambda: proc.memory_info().rss), psutil.virtual_memory().total
+
+
+def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
+    """Sampler process: send (baseline, total), sample until told to stop, send (peak, n)."""
+    read, total = _read_fn(method, target)
+    baseline = read()
+    conn.send((baseline, total))
+    peak, samples = baseline, 1
+    while not conn.poll(interval_s):  # the poll timeout is the sampling interval
+        value = read()
+        samples += 1
+        if value > peak:
+            peak = value
+    conn.recv()
+    peak = max(peak, read())
+    conn.send((peak, samples + 1))
 
 
 class MemoryMonitor:
-    """Context manager: `with MemoryMonitor(device, 1.0) as mon: ...; mon.report`."""
+    """Context manager: `with MemoryMonitor(device, 1.0) as mon: ...; mon.report`.
+
+    The sampler runs in its own process, so a 1 ms sampling loop never competes with the
+    measured code for Python's GIL.
+    """
 
     def __init__(self, device: str, interval_ms: float = 1.0, device_index: int = 0):
         self.device, self.interval_ms, self.index = device, interval_ms, device_index
         self.report: MemoryReport | None = None
 
-    def _reader(self):
-        if self.device == "cuda":
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
-            total = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-            return "nvml", (lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used), total
-        import psutil
-
-        proc = psutil.Process()
-        return "rss", (lambda: proc.memory_info().rss), psutil.virtual_memory().total
-
     def __enter__(self) -> MemoryMonitor:
-        self.method, read, self.total = self._reader()
+        import multiprocessing
+        import os
+
+        self.method = "nvml" if self.device == "cuda" else "rss"
+        target = self.index if self.method == "nvml" else os.getpid()
         if self.device == "cuda":
             import torch
 
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        self.baseline = read()
-        self.sampler = _Sampler(read, self.interval_ms / 1000.0)
-        self.sampler.start()
+        ctx = multiprocessing.get_context("spawn")  # no fork of a CUDA-initialised process
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_sampler_main,
+            args=(self.method, target, self.interval_ms / 1000.0, child),
+            daemon=True,
+        )
+        self._proc.start()
+        self.baseline, self.total = self._conn.recv()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -96,14 +105,16 @@ class MemoryMonitor:
 
             torch.cuda.synchronize()
             framework = torch.cuda.max_memory_allocated() / GIB
-        self.sampler.stop()
+        self._conn.send("stop")
+        peak, samples = self._conn.recv()
+        self._proc.join(timeout=10)
         self.report = MemoryReport(
             method=self.method,
-            peak_gib=self.sampler.peak / GIB,
+            peak_gib=peak / GIB,
             total_gib=self.total / GIB,
             baseline_gib=self.baseline / GIB,
-            delta_gib=(self.sampler.peak - self.baseline) / GIB,
+            delta_gib=(peak - self.baseline) / GIB,
             framework_peak_gib=framework,
-            samples=self.sampler.samples,
+            samples=samples,
             interval_ms=self.interval_ms,
         )

@@ -408,6 +408,8 @@ def header_markdown(params, records: list[dict], manifest: dict) -> str:
         f"| prompt point | {manifest['point']} (x, y original pixels) |",
         f"| weights | {_weights_label(manifest['weights'])} |",
         f"| params | `{params.path}` |",
+        f"| dataset | {params.data.datasize} copies x {params.data.repeat} passes, "
+        f"{params.data.warmup} warm-up batches (published case: 1000 x 5) |",
         "",
     ]
     if manifest["weights"].get("synthetic"):

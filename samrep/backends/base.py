@@ -25,8 +25,9 @@ class Backend(ABC):
     precisions: ClassVar[tuple[str, ...]]  # precisions it can run at all
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
-    def __init__(self, device: str, precision: str, options: dict, workdir: Path):
+    def __init__(self, device: str, precision: str, options: dict, workdir: Path, bs: int = 1):
         self.device = torch.device(device)
+        self.bs = bs  # the row's batch size: engines with a static batch build for it
         self.precision = precision
         self.options = dict(options)
         self.workdir = Path(workdir)

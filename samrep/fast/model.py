@@ -152,10 +152,13 @@ class FastVisionEncoder(nn.Module):
             FastVisionLayer(layer, grid, fold_rel_pos=fold_rel_pos, upcast_norm=upcast_norm)
             for layer in encoder.layers
         )
-        self.neck = encoder.neck
-        if upcast_norm:
-            self.neck.layer_norm1 = UpcastLayerNorm(self.neck.layer_norm1)
-            self.neck.layer_norm2 = UpcastLayerNorm(self.neck.layer_norm2)
+        # SAM's neck (SamVisionNeck: 1x1 conv, LN, 3x3 conv, LN, channels first), its modules
+        # held here so the fp16 LayerNorm swap never touches the HF module
+        norm = UpcastLayerNorm if upcast_norm else (lambda m: m)
+        self.neck_conv1 = encoder.neck.conv1
+        self.neck_norm1 = norm(encoder.neck.layer_norm1)
+        self.neck_conv2 = encoder.neck.conv2
+        self.neck_norm2 = norm(encoder.neck.layer_norm2)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = self.patch_embed.projection.weight.dtype
@@ -167,7 +170,9 @@ class FastVisionEncoder(nn.Module):
             hidden_states = hidden_states.float()
         for layer in self.layers:
             hidden_states = layer(hidden_states)
-        return self.neck(hidden_states.to(dtype))
+        x = hidden_states.to(dtype).permute(0, 3, 1, 2)
+        x = self.neck_norm1(self.neck_conv1(x))
+        return self.neck_norm2(self.neck_conv2(x))
 
 
 class FastSam(nn.Module):

@@ -23,12 +23,12 @@ def sensitive_init_(model: torch.nn.Module, seed: int, rel_pos_std: float = 0.5)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            owner = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
+            path, _, leaf = name.rpartition(".")
+            owner = path.rpartition(".")[2]
             if leaf.startswith("rel_pos"):
                 param.copy_(torch.randn(param.shape, generator=gen) * rel_pos_std)
             elif leaf == "weight" and param.ndim >= 2 and "norm" not in owner:
-                if isinstance(model.get_submodule(name.rsplit(".", 1)[0]), torch.nn.Embedding):
+                if isinstance(model.get_submodule(path), torch.nn.Embedding):
                     continue
                 fan_in = param[0].numel()
                 param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))

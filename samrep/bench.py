@@ -1,0 +1,102 @@
+"""Quick measurements outside the report: one configuration (`bench`), and the fast backend's
+optimisation steps one on top of the other (`steps`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from samrep.config import HwParams, RunParams
+from samrep.env import check_device, environment
+from samrep.errors import SamrepError
+from samrep.flops import mfu, sam_flops
+from samrep.progress import log
+from samrep.results import atomic_write_json
+
+
+def bench(params: HwParams, backend: str, precision: str, bs: int, phase: str = "infer") -> dict:
+    """Measure one row with the params' data and model; print the headline figures."""
+    from samrep.backends import BACKENDS
+    from samrep.config import PRECISIONS
+    from samrep.evaluate import evaluate_row, load_ground_truth
+    from samrep.groundtruth import load_params_model
+
+    if backend not in BACKENDS:
+        raise SamrepError(f"--backend: unknown '{backend}' (known: {', '.join(sorted(BACKENDS))})")
+    if precision not in PRECISIONS:
+        raise SamrepError(f"--precision: unknown '{precision}' (known: {', '.join(PRECISIONS)})")
+    if not 1 <= bs <= params.data.datasize:
+        raise SamrepError(f"--bs: must be between 1 and data.datasize {params.data.datasize}")
+    check_device(params)
+    gt = load_ground_truth(params)
+    model, _ = load_params_model(params)
+    record = evaluate_row(params, RunParams(backend, precision, bs, phase), gt, model, 0.0)
+    if record["status"] != "ok":
+        print(f"{record['key']}: {record['status']}: {record['reason']}")
+        return record
+    m = record["metrics"]
+    fw = m["mem_framework_peak_gib"]
+    print(
+        f"{record['key']} ({record['math_mode']}) on {record['environment']['device']}: "
+        f"p_infer_core {m['p_core']:.2f} img/s, MFU {100 * m['mfu']:.2f}% (true FLOPs; "
+        f"{m['achieved_tflops']:.1f} TFLOP/s), acc {m['acc']:.5f}, IoU {m['iou']:.4f}, "
+        f"peak memory {m['mem_peak_gib']:.2f}/{m['mem_total_gib']:.1f} GiB"
+        + (f" (framework {fw:.2f} GiB)" if fw is not None else "")
+        + f" [{record['timing']['images']} images, weights "
+        f"{'synthetic' if record['weights']['synthetic'] else record['weights']['name']}]"
+    )
+    return record
+
+
+def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
+    """Time samrep.fast's cumulative optimisation steps; write reports/<hw>/steps.json."""
+    from samrep.fast.steps import optimisation_steps
+    from samrep.groundtruth import load_ground_truth, load_params_model
+
+    check_device(params)
+    gt = load_ground_truth(params)
+    model, weights = load_params_model(params)
+    flops = sam_flops(model.config, points_per_image=1, batch_size=bs)
+    peak = params.peaks.get(precision)
+    todo = (
+        (0, 1, 2, 3, 4, 5) if params.device == "cuda" and precision == "bf16" else (0, 1, 2, 3, 4)
+    )
+    if params.device != "cuda":
+        todo = (0, 1, 2)
+    log(f"steps: {precision} bs{bs}, {iters} iterations per step")
+    rows = optimisation_steps(
+        model,
+        gt.inputs.pixel_values,
+        gt.inputs.input_points,
+        bs=bs,
+        precision=precision,
+        device=params.device,
+        iters=iters,
+        warmup=3,
+        steps=todo,
+    )
+    for r in rows:
+        if "img_per_s" in r:
+            r["mfu"] = mfu(r["img_per_s"], flops.total, peak.flops) if peak else None
+            log(
+                f"step {r['step']} {r['name']}: {r['img_per_s']:.2f} img/s, MFU "
+                f"{100 * r['mfu']:.2f}%"
+                if r["mfu"] is not None
+                else f"step {r['step']}"
+            )
+        else:
+            log(f"step {r['step']} {r['name']}: error {r['error']}")
+    out = {
+        "bs": bs,
+        "precision": precision,
+        "iters": iters,
+        "weights": dataclasses.asdict(weights) if dataclasses.is_dataclass(weights) else weights,
+        "environment": environment(params.device),
+        "flops_per_image": flops.total,
+        "peak": dataclasses.asdict(peak) if peak else None,
+        "steps": rows,
+    }
+    path = params.report_path / "steps.json"
+    atomic_write_json(path, json.loads(json.dumps(out, default=str)))
+    log(f"steps: wrote {path}")
+    return rows
