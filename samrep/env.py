@@ -26,7 +26,12 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str:
-    """HEAD's commit, with "+dirty" when the working tree differs from it; "unknown" outside git."""
+    """HEAD's commit, with "+dirty" when the working tree differs from it; "unknown" outside git.
+
+    SAMREP_GIT_COMMIT overrides it, for a copy of the tree without .git (a lent GPU machine).
+    """
+    if os.environ.get("SAMREP_GIT_COMMIT"):
+        return os.environ["SAMREP_GIT_COMMIT"]
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True

@@ -174,6 +174,15 @@ def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_
     return record
 
 
+def release_device_memory(device: str) -> None:
+    """Free the last row's cached blocks, so NVML's baseline for the next row is clean."""
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
 def measure_row(backend, dataset, params: HwParams, after_batch, progress):
     from samrep.timing import measure
 
@@ -220,5 +229,6 @@ def run_evaluation(
             log(f"row {i + 1}/{len(todo)}: {run.key}")
             record = evaluate_row(params, run, gt, model, load_s)
             save_record(params.report_path, record)
+            release_device_memory(params.device)
             records[run.key] = record
     return [records[r.key] for r in runs]

@@ -265,7 +265,15 @@ def load_image(manifest: dict) -> np.ndarray | None:
     """The image the ground truth used, if its file is on this machine."""
     from PIL import Image
 
-    path = Path(manifest.get("image", {}).get("path", ""))
+    image = manifest.get("image", {})
+    path = Path(image.get("path", ""))
+    if not path.is_file() and image.get("fallback"):
+        # Rendered on another machine than the run: its own copy of the same file will do.
+        from samrep.data import fallback_path, file_sha256
+
+        path = fallback_path()
+        if not path.is_file() or file_sha256(path) != image.get("sha256"):
+            return None
     if not path.is_file():
         return None
     with Image.open(path) as im:
@@ -497,3 +505,51 @@ METHOD_MARKDOWN = """\
   fp16 accuracy loss).
 - **e2e_time**: ground truth + the val row (weights load, build, measurement) + the engine row.
 """
+
+
+def notes_markdown(params) -> str:
+    """reports/<hw>/NOTES.md, if present: how a report was made and what to know about it."""
+    path = params.report_path / "NOTES.md"
+    return path.read_text() if path.is_file() else ""
+
+
+def show_steps(params) -> None:
+    """The fast backend's optimisation steps (reports/<hw>/steps.json), as a table and a plot."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    path = params.report_path / "steps.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    rows = [
+        {
+            "step": s["step"],
+            "what": s["name"],
+            "img/s": s.get("img_per_s"),
+            "MFU [%]": 100 * s["mfu"] if s.get("mfu") is not None else None,
+            "max |logit diff| vs step 0": s.get("max_abs_diff"),
+            "logit sign agreement vs step 0": s.get("mask_agreement"),
+            "compile/capture [s]": s.get("compile_s"),
+            "error": s.get("error", ""),
+        }
+        for s in data["steps"]
+    ]
+    df = pd.DataFrame(rows)
+    display(
+        Markdown(
+            f"## Optimisation steps of the `fast` backend ({data['precision']}, bs "
+            f"{data['bs']}, {data['iters']} timed iterations each, one run on "
+            f"{data['environment'].get('device')}; core region without the host-to-device copy)"
+        )
+    )
+    display(df.style.hide(axis="index").format(precision=4, na_rep="-"))
+    ok = df.dropna(subset=["img/s"])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.barh(ok["what"][::-1], ok["img/s"][::-1], color="tab:blue")
+    for y, v in enumerate(ok["img/s"][::-1]):
+        ax.text(v, y, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_xlabel("images/s (whole model, one point)")
+    ax.set_title("Each optimisation step, cumulative", fontsize=9)
+    fig.tight_layout()
+    plt.show()

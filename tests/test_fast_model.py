@@ -26,10 +26,11 @@ IOU_ATOL_FP32 = 2e-6  # iou scores: 1.8e-7
 EMB_ATOL_FP32 = 2e-5  # image embeddings (B, 32, 64, 64), |max| ~4: 2.5e-6
 LAYER_ATOL_FP32 = 2e-5  # one ViT block output, |max| ~5: ~2e-6
 MIN_AGREEMENT = 0.999  # fraction of (logit > 0) equal to HF's: measured 1.0
-# bf16 / fp16 vs the fp32 HF model: fast and HF in the same precision err alike (measured,
-# B=1: bf16 max |logit error| fast 0.115 vs HF 0.116, sign agreement 0.98454 vs 0.98462;
-# fp16 0.0144 vs 0.0151, 0.99809 vs 0.99821). Allowed: 1.5x HF's error, agreement -0.002.
-LOW_PRECISION_ERR_RATIO = 1.5
+# bf16 / fp16 vs the fp32 HF model, 2 images: fast and HF in the same precision err alike.
+# Measured over 2 models x 2 input seeds (B=2): mean |logit error| bf16 fast/HF ratio
+# 0.91 .. 1.15, sign agreement fast - HF -0.0008 .. +0.0006; fp16 ratio 0.95 .. 1.16,
+# -0.0001 .. +0.0001. The max error is too noisy to compare (one pixel; ratio up to 1.5).
+LOW_PRECISION_ERR_RATIO = 1.5  # on the mean |error|
 LOW_PRECISION_AGREEMENT_SLACK = 0.002
 
 
@@ -131,7 +132,7 @@ def test_whole_model_matches_hf_eager_attention(eager_model):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_errs_like_hf(model, precision):
     """fast-in-precision vs fp32 HF is no worse than HF-in-precision vs fp32 HF."""
-    pixel_values, points, ref, _, _ = _reference(model, 1)
+    pixel_values, points, ref, _, _ = _reference(model, 2)
     fast = build_fast_sam(model, precision=precision)
     dtype = fast.precision_dtype
     hf_masks, _, _ = _run_hf(converted_copy(model, dtype).eval(), pixel_values.to(dtype), points)
@@ -140,8 +141,8 @@ def test_low_precision_errs_like_hf(model, precision):
         lambda mod, args, out: layer_out_dtypes.append(out.dtype)
     )
     masks, _, emb = _run_fast(fast, pixel_values, points)
-    hf_err = (hf_masks.float() - ref).abs().max().item()
-    fast_err = (masks - ref).abs().max().item()
+    hf_err = (hf_masks.float() - ref).abs().mean().item()
+    fast_err = (masks - ref).abs().mean().item()
     assert fast_err <= LOW_PRECISION_ERR_RATIO * hf_err
     hf_agree = _agreement(hf_masks, ref)
     assert _agreement(masks, ref) >= hf_agree - LOW_PRECISION_AGREEMENT_SLACK

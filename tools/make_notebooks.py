@@ -1,6 +1,7 @@
 """Regenerate notebooks/*.ipynb (thin: a parameters cell, then calls into samrep).
 
-Run `python tools/make_notebooks.py` after editing the cells below; commit the output without
+Run `python tools/make_notebooks.py && ruff check --fix notebooks && ruff format notebooks` after
+editing the cells below (ruff drops unused imports); commit the output without
 executing it (executed copies live under reports/<hw>/).
 """
 
@@ -109,7 +110,11 @@ write(
             'ground truth"))\n'
             "report.show_row_masks(records, params, manifest)"
         ),
-        new_code_cell("display(Markdown(report.METHOD_MARKDOWN))"),
+        new_code_cell("report.show_steps(params)"),
+        new_code_cell(
+            "display(Markdown(report.notes_markdown(params)))\n"
+            "display(Markdown(report.METHOD_MARKDOWN))"
+        ),
     ],
 )
 

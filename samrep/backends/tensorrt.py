@@ -78,13 +78,17 @@ class Option:
 
 OPTIONS: dict[str, Option] = {
     "allow_tf32": Option(
-        bool, False, "let fp32 layers use TF32 tensor cores (BuilderFlag.TF32); precision tf32 sets it"
+        bool,
+        False,
+        "let fp32 layers use TF32 tensor cores (BuilderFlag.TF32); precision tf32 sets it",
     ),
     "workspace_gib": Option(
         (int, float), 8.0, "builder workspace limit (MemoryPoolType.WORKSPACE), GiB"
     ),
     "timing_cache": Option(
-        str, "", "timing cache file ('' = <workdir>/tensorrt/timing-<trt>-<gpu>.cache, 'off' = none)"
+        str,
+        "",
+        "timing cache file ('' = <workdir>/tensorrt/timing-<trt>-<gpu>.cache, 'off' = none)",
     ),
     "fp32_layers": Option(
         list,
@@ -157,7 +161,9 @@ def resolve_options(options: dict, precision: str) -> dict:
             )
         out[key] = value
     if out["workspace_gib"] <= 0:
-        raise SamrepError(f"tensorrt: options.workspace_gib: must be > 0, got {out['workspace_gib']}")
+        raise SamrepError(
+            f"tensorrt: options.workspace_gib: must be > 0, got {out['workspace_gib']}"
+        )
     if out["opset"] < 17:
         raise SamrepError(
             f"tensorrt: options.opset: {out['opset']} < 17 would decompose LayerNorm into "
@@ -245,6 +251,8 @@ def check_io(specs: dict[str, TensorSpec], feeds: dict[str, torch.Tensor], label
 
     Every input must be present by name, with the engine's dtype, rank, static dimensions and
     profile bounds, contiguous and on a CUDA device: its address is handed to the engine raw.
+    What the tensors are (dtype, shape) is checked for all inputs before where they are
+    (layout, device), so the first error is the most telling one.
     """
     inputs = [s for s in specs.values() if s.is_input]
     missing = [s.name for s in inputs if s.name not in feeds]
@@ -278,10 +286,12 @@ def check_io(specs: dict[str, TensorSpec], feeds: dict[str, torch.Tensor], label
                     f"{where}: shape {shape} is outside the engine's profile "
                     f"{spec.min_shape} .. {spec.max_shape} (it was built for the row's bs)"
                 )
-        if t.device.type != "cuda":
-            raise EngineIOError(f"{where}: on {t.device}, the engine reads CUDA memory")
+    for spec in inputs:
+        t, where = feeds[spec.name], f"{label}: input '{spec.name}'"
         if not t.is_contiguous():
             raise EngineIOError(f"{where}: not contiguous (the engine assumes a dense layout)")
+        if t.device.type != "cuda":
+            raise EngineIOError(f"{where}: on {t.device}, the engine reads CUDA memory")
 
 
 def unavailable_reasons(device: str, precision: str) -> list[str]:
@@ -310,17 +320,12 @@ def unavailable_reasons(device: str, precision: str) -> list[str]:
 
 
 def onnx_parts(info) -> list[tuple[str, Path]]:
-    """[(part, onnx path)] in execution order from samrep.export's ExportInfo."""
-    enc, dec = getattr(info, "encoder_path", None), getattr(info, "decoder_path", None)
-    if enc is not None and dec is not None:
-        return [("encoder", Path(enc)), ("decoder", Path(dec))]
-    full = getattr(info, "full_path", None)
-    if full is not None:
-        return [("full", Path(full))]
-    fields = [f.name for f in dataclasses.fields(info)] if dataclasses.is_dataclass(info) else dir(info)
-    raise SamrepError(
-        f"tensorrt: samrep.export returned no encoder_path/decoder_path (fields: {fields})"
-    )
+    """[(graph, .onnx path)] in execution order from samrep.export's ExportInfo.paths:
+    encoder then decoder for part "split", the one "model" graph for part "whole"."""
+    paths = getattr(info, "paths", None)
+    if not isinstance(paths, dict) or not paths:
+        raise SamrepError(f"samrep.export returned no graph paths: {info!r}")
+    return [(graph, Path(path)) for graph, path in paths.items()]
 
 
 def file_sha256(path: Path) -> str:
@@ -457,8 +462,16 @@ class TensorRTBackend(Backend):
         torch.cuda.current_device()  # torch owns the CUDA context; TensorRT joins it
         s = self.settings
         weights = weights_sha256(model)
+        # Always the fp32 graph: fp16/bf16 are builder flags, so TensorRT itself chooses where
+        # reduced precision goes and the precision constraints can keep LayerNorm in fp32.
         info = export_sam(
-            model, weights, self.workdir / "onnx", precision="fp32", opset=s["opset"], part="split"
+            model,
+            weights,
+            self.workdir,
+            precision="fp32",
+            opset=s["opset"],
+            part="split",
+            example=None if inputs is None else (inputs.pixel_values, inputs.input_points),
         )
         self.logger = trt.Logger(trt.Logger.INFO if s["verbose"] else trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -595,7 +608,11 @@ class TensorRTBackend(Backend):
         if not self.engines:
             raise RuntimeError("tensorrt: run() before build()")
         stream = torch.cuda.current_stream(self.device).cuda_stream
-        pool = {"pixel_values": pixel_values, "input_points": input_points}
+        # contiguous() is free for the dense batches evaluate hands in; the engine reads raw memory
+        pool = {
+            "pixel_values": pixel_values.contiguous(),
+            "input_points": input_points.contiguous(),
+        }
         for engine in self.engines:
             feeds = {n: pool[n] for n in engine.input_names if n in pool}  # missing: check_io says
             pool.update(engine(feeds, stream))

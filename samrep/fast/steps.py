@@ -82,6 +82,31 @@ def _cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[[], torch.Tenso
     return run
 
 
+def flash_attention_eligible(
+    fast: torch.nn.Module, device: torch.device, dtype: torch.dtype
+) -> dict[int, bool]:
+    """For each folded head dim in `fast` (112 and 208 for ViT-H): can SDPA run it with the
+    flash backend alone on `device`? (A False explains a slow step 2.) Empty off CUDA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from samrep.fast.attention import FastVisionAttention
+
+    result: dict[int, bool] = {}
+    if device.type != "cuda":
+        return result
+    for module in fast.modules():
+        if isinstance(module, FastVisionAttention) and module.qk_dim not in result:
+            q = torch.zeros(1, module.num_heads, 256, module.qk_dim, device=device, dtype=dtype)
+            v = q if module.pad_value else q[..., : module.head_dim].contiguous()
+            try:
+                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                    torch.nn.functional.scaled_dot_product_attention(q, q, v, scale=1.0)
+                result[module.qk_dim] = True
+            except RuntimeError:
+                result[module.qk_dim] = False
+    return result
+
+
 def _measure(
     fn: Callable[[], torch.Tensor], device: torch.device, bs: int, iters: int, warmup: int
 ) -> dict:
@@ -135,8 +160,9 @@ def optimisation_steps(
     Each dict: step (int), name, img_per_s, ms_per_iter_mean, ms_per_iter_min,
     max_abs_diff (low-res logits vs step 0; None without step 0), mask_agreement (fraction
     of logits with the same sign as step 0), compile_s (seconds this step added: compile
-    and/or graph capture; 0 for eager), first_call_s, peak_mem_gib (CUDA), graph_breaks (compiled steps), bs, precision; or
-    {"step", "name", "error", "traceback"}.
+    and/or graph capture; 0 for eager), first_call_s, peak_mem_gib (CUDA), flash_eligible
+    (step 2 on CUDA: {folded head dim: the flash backend accepts it}), graph_breaks
+    (compiled steps), bs, precision; or {"step", "name", "error", "traceback"}.
     """
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
@@ -216,6 +242,7 @@ def optimisation_steps(
 
     for i in steps:
         name = STEP_NAMES[i] if 0 <= i < len(STEP_NAMES) else f"step {i}"
+        fn = None
         try:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -236,6 +263,8 @@ def optimisation_steps(
                 row["max_abs_diff"] = row["mask_agreement"] = None
             if dev.type == "cuda":
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+                if i == 2:
+                    row["flash_eligible"] = flash_attention_eligible(fast_model(), dev, dtype)
             results.append(row)
         except Exception as exc:  # one failing step must not lose the others
             results.append(
@@ -247,6 +276,7 @@ def optimisation_steps(
                 }
             )
         finally:
+            fn = None  # drop this step's callable (a CUDA graph holds its memory pool)
             gc.collect()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()

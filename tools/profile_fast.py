@@ -1,0 +1,71 @@
+"""Where the fast backend's time goes: torch.profiler over compiled fast-encoder iterations.
+
+Usage (on a GPU): python tools/profile_fast.py --hw h200 --bs 16 --precision bf16 > profile.txt
+Prints the top CUDA kernels by total device time, grouped into matmul / attention / other.
+"""
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from samrep.backends import get_backend
+from samrep.config import load_params
+from samrep.groundtruth import load_ground_truth, load_params_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hw", default="h200")
+    ap.add_argument("--bs", type=int, default=16)
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--iters", type=int, default=5)
+    args = ap.parse_args()
+    params = load_params(args.hw)
+    gt = load_ground_truth(params)
+    model, _ = load_params_model(params)
+    backend = get_backend("fast")("cuda", args.precision, {}, params.data_path, bs=args.bs)
+    backend.build(model, gt.inputs)
+    pv = gt.inputs.pixel_values.expand(args.bs, -1, -1, -1).contiguous().cuda()
+    pts = gt.inputs.input_points.expand(args.bs, -1, -1, -1).contiguous().cuda()
+    for _ in range(3):
+        backend.run(pv, pts)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(args.iters):
+            backend.run(pv, pts)
+        torch.cuda.synchronize()
+    events = [
+        e
+        for e in prof.key_averages()
+        if e.device_type.name == "CUDA" or e.self_device_time_total > 0
+    ]
+    total = sum(e.self_device_time_total for e in events)
+    groups = {"gemm (matmul)": 0.0, "attention (flash/sdpa)": 0.0, "other": 0.0}
+    for e in events:
+        n = e.key.lower()
+        if (
+            any(k in n for k in ("gemm", "matmul", "sm90", "cutlass", "mm_", "_mm"))
+            and "flash" not in n
+        ):
+            groups["gemm (matmul)"] += e.self_device_time_total
+        elif any(k in n for k in ("flash", "attention", "fmha", "sdpa")):
+            groups["attention (flash/sdpa)"] += e.self_device_time_total
+        else:
+            groups["other"] += e.self_device_time_total
+    per_iter_ms = total / 1000 / args.iters
+    print(
+        f"device time per iteration (bs {args.bs}, {args.precision}): {per_iter_ms:.1f} ms "
+        f"-> {args.bs / per_iter_ms * 1000:.1f} img/s if the GPU were never idle"
+    )
+    for k, v in groups.items():
+        print(f"  {k:28s} {100 * v / total:5.1f}%  {v / 1000 / args.iters:8.2f} ms/iter")
+    print(
+        prof.key_averages().table(
+            sort_by="self_device_time_total", row_limit=25, max_name_column_width=90
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
