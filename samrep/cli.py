@@ -9,6 +9,8 @@ from samrep.errors import SamrepError
 
 HELP = """stages:
   groundtruth   fp32 CPU reference masks -> data_dir/sam_gt_{0,1,2}.pt + manifest.json
+  export        ONNX export of every infer row that builds from ONNX (cached) -> export.json
+  build         build every infer row's persistent engine (cached) -> build.json
   evaluate      every row of params/<hw>.yaml -> reports/<hw>/results/<row>.json
   summary       print the metrics table of reports/<hw>/results
   report        the whole chain with papermill + nbconvert -> reports/<hw>/index.html
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="stage")
     for name, text in (
         ("groundtruth", "make the fp32 CPU ground truth"),
+        ("export", "export the ONNX graphs the engines build from"),
+        ("build", "build the engines that persist (TensorRT, ONNX Runtime)"),
         ("evaluate", "measure every configured row"),
         ("summary", "print the metrics table"),
         ("report", "run the notebooks and render the HTML report"),
@@ -80,6 +84,16 @@ def _run(args) -> int:
         from samrep.bench import steps
 
         steps(params, args.bs, args.precision, args.iters)
+        return 0
+    if args.stage in ("export", "build"):
+        from samrep import engines
+
+        stage = engines.export_stage if args.stage == "export" else engines.build_stage
+        entries = stage(params, force=args.force)
+        failed = [e["row"] for e in entries if e["status"] == "failed"]
+        if failed:
+            print(f"samrep: {args.stage} failed for: {', '.join(failed)}", file=sys.stderr)
+            return 1
         return 0
     if args.stage == "groundtruth":
         from samrep.groundtruth import run_ground_truth

@@ -1,6 +1,6 @@
 """`make report`: the notebooks run by papermill into reports/<hw>/, then rendered to HTML.
 
-Chain: 01_ground_truth -> 04_evaluate -> 99_summary. Executed copies land in reports/<hw>/
+Chain: 01_ground_truth -> 02_export_onnx -> 03_build_engine -> 04_evaluate -> 99_summary. Executed copies land in reports/<hw>/
 (the notebooks under notebooks/ stay without outputs); 99_summary becomes reports/<hw>/index.html
 with the code hidden and the figures embedded, so the one file can be published anywhere.
 reports/index.html links every hardware report.
@@ -20,7 +20,7 @@ from samrep.progress import log
 from samrep.results import atomic_write_bytes
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-CHAIN = ("01_ground_truth", "04_evaluate", "99_summary")
+CHAIN = ("01_ground_truth", "02_export_onnx", "03_build_engine", "04_evaluate", "99_summary")
 
 
 def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
@@ -102,6 +102,15 @@ def write_index(reports_dir: Path = REPO_ROOT / "reports") -> Path:
     return target
 
 
+def _progress_only(record) -> bool:
+    """Pass samrep's progress lines (stripped of the kernel's trailing newline) and warnings."""
+    message = record.getMessage()
+    if "[samrep" not in message and record.levelno < 30:  # 30: logging.WARNING
+        return False
+    record.msg, record.args = message.rstrip("\n"), ()
+    return True
+
+
 def _show_papermill_log() -> None:
     """papermill reports the kernel's output through `logging`: print it as plain lines."""
     import logging
@@ -110,6 +119,8 @@ def _show_papermill_log() -> None:
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        # Only samrep's own progress lines and warnings; not every cell's output repr.
+        handler.addFilter(_progress_only)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False

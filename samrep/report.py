@@ -503,7 +503,8 @@ METHOD_MARKDOWN = """\
 - **Precision**: the image encoder runs in the row's precision; the prompt encoder and mask
   decoder stay fp32 in every backend, so point coordinates are never rounded (the original's
   fp16 accuracy loss).
-- **e2e_time**: ground truth + the val row (weights load, build, measurement) + the engine row.
+- **e2e_time**: ground truth + the val row (weights load, build, measurement) + the engine row
+  (ONNX export when it was made, build or compile, measurement).
 """
 
 
@@ -553,3 +554,20 @@ def show_steps(params) -> None:
     ax.set_title("Each optimisation step, cumulative", fontsize=9)
     fig.tight_layout()
     plt.show()
+
+
+def show_stage_files(params) -> None:
+    """The export and build stages' tables (reports/<hw>/export.json, build.json), if any."""
+    from IPython.display import Markdown, display
+
+    from samrep.engines import stage_table
+
+    for name, title in (("export", "ONNX exports"), ("build", "Engine builds")):
+        path = params.report_path / f"{name}.json"
+        if path.is_file():
+            entries = json.loads(path.read_text())["rows"]
+            if entries:
+                display(Markdown(f"## {title}"))
+                display(
+                    stage_table(entries).style.hide(axis="index").format(precision=3, na_rep="-")
+                )

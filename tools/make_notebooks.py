@@ -59,6 +59,42 @@ write(
 )
 
 write(
+    "02_export_onnx",
+    [
+        new_markdown_cell(
+            "# ONNX export\n"
+            "Every engine row that builds from ONNX gets its graphs exported (image encoder and "
+            "prompt encoder + mask decoder, opset >= 17, dynamic batch), checked with "
+            "`onnx.checker`, run once in ONNX Runtime against PyTorch, and cached."
+        ),
+        params_cell('hw = "cpu"\nforce = False'),
+        new_code_cell(setup("from samrep import engines")),
+        new_code_cell(
+            "entries = engines.export_stage(params, force=force)\n"
+            "display(engines.stage_table(entries))"
+        ),
+    ],
+)
+
+write(
+    "03_build_engine",
+    [
+        new_markdown_cell(
+            "# Engine builds\n"
+            "Every engine row whose build persists (TensorRT engines, ONNX Runtime sessions "
+            "over the cached export) is built here; torch.compile backends (inductor, fast) "
+            "compile inside the evaluation, since their code does not persist across processes."
+        ),
+        params_cell('hw = "cpu"\nforce = False'),
+        new_code_cell(setup("from samrep import engines")),
+        new_code_cell(
+            "entries = engines.build_stage(params, force=force)\n"
+            "display(engines.stage_table(entries))"
+        ),
+    ],
+)
+
+write(
     "04_evaluate",
     [
         new_markdown_cell(
@@ -110,6 +146,7 @@ write(
             'ground truth"))\n'
             "report.show_row_masks(records, params, manifest)"
         ),
+        new_code_cell("report.show_stage_files(params)"),
         new_code_cell("report.show_steps(params)"),
         new_code_cell(
             "display(Markdown(report.notes_markdown(params)))\n"

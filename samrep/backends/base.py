@@ -24,6 +24,11 @@ class Backend(ABC):
     name: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]  # precisions it can run at all
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    # Builds from an ONNX export (the export stage makes it ahead of the build).
+    uses_onnx: ClassVar[bool] = False
+    # Its build leaves an artifact on disk that later processes reuse (an engine file, an
+    # export): the build stage makes it ahead of the evaluation. torch.compile's does not.
+    persistent_build: ClassVar[bool] = False
 
     def __init__(self, device: str, precision: str, options: dict, workdir: Path, bs: int = 1):
         self.device = torch.device(device)
@@ -32,6 +37,7 @@ class Backend(ABC):
         self.options = dict(options)
         self.workdir = Path(workdir)
         self.math_mode = precision  # what actually ran, e.g. "fp32 (TF32 off)"
+        self.export_info = None  # samrep.export.ExportInfo of the ONNX this backend built from
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -44,6 +50,10 @@ class Backend(ABC):
             )
         if device == "cpu" and precision == "fp16":
             raise BackendUnavailable("fp16 is not a CPU compute precision here")
+
+    def export_onnx(self, model, inputs, force: bool = False):
+        """Export (or reuse) the ONNX this backend builds from -> ExportInfo; None if it uses none."""
+        return None
 
     @abstractmethod
     def build(self, model, inputs) -> None:

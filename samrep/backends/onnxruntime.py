@@ -46,6 +46,7 @@ OPTIONS = {
     "opset": (17, "ONNX opset of the export (>= 17: LayerNormalization stays one node)"),
     "dynamic_batch": (True, "export with a dynamic batch axis (else fixed at the row's bs)"),
     "exporter": ("auto", "'auto' (torchscript, then dynamo), 'torchscript' or 'dynamo'"),
+    "check_batch": (2, "images in the export's ONNX Runtime vs PyTorch check (dynamic batch)"),
     "provider": ("cuda", "on CUDA: 'cuda' (CUDAExecutionProvider) or 'tensorrt' (TensorRT EP)"),
     "io_binding": (True, "on CUDA: bind torch GPU tensors by name (else copy through numpy)"),
     "threads": (0, "CPU: intra-op threads (0 = ONNX Runtime's default, one per core)"),
@@ -68,6 +69,8 @@ def resolve_options(options: dict) -> dict:
 
 
 class OnnxRuntimeBackend(Backend):
+    uses_onnx = True
+    persistent_build = True
     name = "onnxruntime"
     precisions = ("fp32", "tf32", "fp16")
 
@@ -75,7 +78,6 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(device, precision, options, workdir, bs)
         self.settings = resolve_options(self.options)
         self.sessions: dict = {}
-        self.export = None
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -125,6 +127,35 @@ class OnnxRuntimeBackend(Backend):
             providers.insert(0, ("TensorrtExecutionProvider", trt))
         return providers
 
+    def export_onnx(self, model, inputs, force: bool = False):
+        """The cached ONNX export this backend's sessions open (see samrep.export)."""
+        from samrep.export import export_sam
+        from samrep.model import weights_sha256
+
+        s = self.settings
+        fp32_graph = export_precision(self.precision) == "fp32"
+        self.export_info = export_sam(
+            model,
+            weights_sha256(model),
+            self.workdir,
+            precision=self.precision,
+            opset=s["opset"],
+            part=s["part"],
+            dynamic_batch=s["dynamic_batch"],
+            # static: built and checked at the row's bs; dynamic: checked at check_batch
+            # (default 2, where a batch-axis bug would show)
+            batch=s["check_batch"] if s["dynamic_batch"] else self.bs,
+            exporter=s["exporter"],
+            example=None if inputs is None else (inputs.pixel_values, inputs.input_points),
+            # An fp32 graph is checked exactly: PyTorch and ORT on the CPU (shared by the fp32
+            # and tf32 rows, whose engine math then differs). An fp16 graph is traced and
+            # checked on the GPU, with this row's providers (CPU fp16 is slow).
+            device="cpu" if fp32_graph else self.device,
+            check_providers=["CPUExecutionProvider"] if fp32_graph else self._providers(),
+            force=force,
+        )
+        return self.export_info
+
     def build(self, model, inputs) -> None:
         """Export (or reuse) the ONNX graphs, open one session per graph, check the providers.
 
@@ -134,39 +165,17 @@ class OnnxRuntimeBackend(Backend):
         """
         import onnxruntime as ort
 
-        from samrep.export import export_sam
-        from samrep.model import weights_sha256
-
         s = self.settings
         providers = self._providers()
         cpu = self.device.type == "cpu"
-        fp32_graph = export_precision(self.precision) == "fp32"
-        self.export = export_sam(
-            model,
-            weights_sha256(model),
-            self.workdir,
-            precision=self.precision,
-            opset=s["opset"],
-            part=s["part"],
-            dynamic_batch=s["dynamic_batch"],
-            # static: built and checked at the row's bs; dynamic: checked at batch 2, where a
-            # batch-axis bug would show
-            batch=2 if s["dynamic_batch"] else self.bs,
-            exporter=s["exporter"],
-            example=None if inputs is None else (inputs.pixel_values, inputs.input_points),
-            # An fp32 graph is checked exactly: PyTorch and ORT on the CPU (shared by the fp32
-            # and tf32 rows, whose engine math then differs). An fp16 graph is traced and
-            # checked on the GPU, with this row's providers (CPU fp16 is slow).
-            device="cpu" if fp32_graph else self.device,
-            check_providers=["CPUExecutionProvider"] if fp32_graph else providers,
-        )
+        self.export_onnx(model, inputs)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if s["threads"]:
             so.intra_op_num_threads = int(s["threads"])
         self.sessions = {
             graph: ort.InferenceSession(str(path), sess_options=so, providers=providers)
-            for graph, path in self.export.paths.items()
+            for graph, path in self.export_info.paths.items()
         }
         for graph, session in self.sessions.items():
             self._check_io(graph, session)
@@ -269,8 +278,8 @@ class OnnxRuntimeBackend(Backend):
         }
         if self.sessions:
             v["providers"] = {g: s.get_providers()[0] for g, s in self.sessions.items()}
-        if self.export is not None:
-            v["exporter"] = self.export.exporter
-            v["onnx_opsets"] = self.export.graph_opsets
-            v["onnx_folder"] = self.export.folder.name
+        if self.export_info is not None:
+            v["exporter"] = self.export_info.exporter
+            v["onnx_opsets"] = self.export_info.graph_opsets
+            v["onnx_folder"] = self.export_info.folder.name
         return v

@@ -434,6 +434,8 @@ def constrain_fp32(trt, network, layer_types: list[str]) -> dict[str, int]:
 
 
 class TensorRTBackend(Backend):
+    uses_onnx = True
+    persistent_build = True
     name = "tensorrt"
     precisions = ("fp32", "tf32", "fp16", "bf16")
     devices = ("cuda",)
@@ -453,26 +455,34 @@ class TensorRTBackend(Backend):
 
     # -- build
 
-    def build(self, model, inputs) -> None:
-        """Export the ONNX (cached by samrep.export), then build or reuse one engine per part."""
+    def export_onnx(self, model, inputs, force: bool = False):
+        """The fp32 split export (cached by samrep.export) the engines are built from.
+
+        Always the fp32 graph: fp16/bf16 are builder flags, so TensorRT itself chooses where
+        reduced precision goes and the precision constraints can keep LayerNorm in fp32.
+        """
         from samrep.export import export_sam
         from samrep.model import weights_sha256
 
+        self.export_info = export_sam(
+            model,
+            weights_sha256(model),
+            self.workdir,
+            precision="fp32",
+            opset=self.settings["opset"],
+            part="split",
+            example=None if inputs is None else (inputs.pixel_values, inputs.input_points),
+            force=force,
+        )
+        return self.export_info
+
+    def build(self, model, inputs) -> None:
+        """Export the ONNX (cached by samrep.export), then build or reuse one engine per part."""
         trt = _import_trt()
         torch.cuda.current_device()  # torch owns the CUDA context; TensorRT joins it
         s = self.settings
-        weights = weights_sha256(model)
-        # Always the fp32 graph: fp16/bf16 are builder flags, so TensorRT itself chooses where
-        # reduced precision goes and the precision constraints can keep LayerNorm in fp32.
-        info = export_sam(
-            model,
-            weights,
-            self.workdir,
-            precision="fp32",
-            opset=s["opset"],
-            part="split",
-            example=None if inputs is None else (inputs.pixel_values, inputs.input_points),
-        )
+        info = self.export_onnx(model, inputs)
+        weights = info.folder.name.split("-")[0]  # the export key's weights hash prefix
         self.logger = trt.Logger(trt.Logger.INFO if s["verbose"] else trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         engine_dir = self.workdir / "tensorrt"

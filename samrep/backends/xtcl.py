@@ -306,6 +306,7 @@ class XtclModule:
 
 
 class XtclBackend(Backend):
+    uses_onnx = True
     name = "xtcl"
     precisions = ("fp16", "fp32")
     devices = ("cpu",)
@@ -329,10 +330,17 @@ class XtclBackend(Backend):
                 raise SamrepError(f"xtcl: options.onnx_path: {path}: no such file")
             return [("full", path)]
         from samrep.backends.tensorrt import onnx_parts
+
+        return onnx_parts(self.export_onnx(model, inputs))
+
+    def export_onnx(self, model, inputs, force: bool = False):
+        """The ONNX XTCL compiles (cached by samrep.export); None with options.onnx_path."""
+        if self.settings["onnx_path"]:
+            return None
         from samrep.export import export_sam
         from samrep.model import weights_sha256
 
-        info = export_sam(
+        self.export_info = export_sam(
             model,
             weights_sha256(model),
             self.workdir,
@@ -340,8 +348,9 @@ class XtclBackend(Backend):
             opset=self.settings["opset"],
             part=self.settings["part"],
             example=None if inputs is None else (inputs.pixel_values, inputs.input_points),
+            force=force,
         )
-        return onnx_parts(info)
+        return self.export_info
 
     def build(self, model, inputs) -> None:
         """Compile each ONNX graph with the published options (no artifact cache: UNVERIFIED how
