@@ -1,12 +1,11 @@
 """Export and build stages on the tiny config: artifacts made once, reused, and not-run rows."""
 
 import json
-import shutil
 
 import pytest
 
 from samrep.config import load_params
-from tests.test_pipeline import write_params
+from tests.test_pipeline import safe_rmtree, write_params
 
 RUNS = [
     {"phase": "val", "backend": "torch", "precision": "fp32", "bs": 1},
@@ -23,8 +22,8 @@ def params(tmp_path):
     p = load_params(str(write_params(tmp_path, runs=RUNS)))
     run_ground_truth(p)
     yield p
-    shutil.rmtree(p.data_path, ignore_errors=True)
-    shutil.rmtree(p.report_path, ignore_errors=True)
+    safe_rmtree(p.data_path)
+    safe_rmtree(p.report_path)
 
 
 def test_export_stage_makes_then_reuses_and_reports_not_run(params):

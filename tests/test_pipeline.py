@@ -17,6 +17,18 @@ from samrep.config import REPO_ROOT, load_params
 from samrep.errors import SamrepError
 
 
+def safe_rmtree(path: Path) -> None:
+    """Remove a test's private folder; refuse anything but a child of data/ or build/.
+
+    (A cleanup that resolved to the repository itself once deleted a whole checkout.)
+    """
+    path = Path(path).resolve()
+    allowed = [(REPO_ROOT / "data").resolve(), (REPO_ROOT / "build").resolve()]
+    if not any(path.parent == a or a in path.parents for a in allowed) or path in allowed:
+        raise RuntimeError(f"refusing to delete {path}: not a test folder under data/ or build/")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def write_params(tmp_path: Path, runs=None, **data) -> Path:
     """A copy of params/tiny.yaml with its own data and report folders (inside the repo)."""
     raw = yaml.safe_load((REPO_ROOT / "params/tiny.yaml").read_text())
@@ -36,8 +48,8 @@ def params_path(tmp_path):
     path = write_params(tmp_path)
     yield path
     p = load_params(str(path))
-    shutil.rmtree(p.data_path, ignore_errors=True)
-    shutil.rmtree(p.report_path, ignore_errors=True)
+    safe_rmtree(p.data_path)
+    safe_rmtree(p.report_path)
 
 
 def test_ground_truth_files_order_and_reuse(params_path, capfd):
@@ -133,8 +145,8 @@ def test_unavailable_backend_is_a_not_run_row(tmp_path):
         row = table[table.engine == "torch"].iloc[0]
         assert row.p_infer_core.startswith("not run: ") and "TF32" in row.p_infer_core
     finally:
-        shutil.rmtree(params.data_path, ignore_errors=True)
-        shutil.rmtree(params.report_path, ignore_errors=True)
+        safe_rmtree(params.data_path)
+        safe_rmtree(params.report_path)
 
 
 def test_report_for_a_gpu_config_on_this_cpu_says_what_is_missing():
