@@ -7,7 +7,6 @@ Measured on the tiny model (CPU, fp32) against the eager `torch` backend: onnxru
 
 from __future__ import annotations
 
-import shutil
 import uuid
 
 import pytest
@@ -20,6 +19,7 @@ from samrep.errors import SamrepError
 from samrep.export import example_batch
 from samrep.metrics import postprocess_masks
 from samrep.model import synthetic_init_, tiny_config
+from tests.test_pipeline import safe_rmtree
 
 RESHAPED, ORIGINAL = (683, 1024), (1764, 2646)  # the car image's sizes
 ATOL = 1e-4
@@ -175,8 +175,8 @@ def params_path(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     yield path
     p = load_params(str(path))
-    shutil.rmtree(p.data_path, ignore_errors=True)
-    shutil.rmtree(p.report_path, ignore_errors=True)
+    safe_rmtree(p.data_path)
+    safe_rmtree(p.report_path)
 
 
 def test_evaluate_onnxruntime_row_and_a_not_run_row(params_path):

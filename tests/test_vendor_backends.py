@@ -12,7 +12,6 @@ import contextlib
 import enum
 import importlib.util
 import json
-import shutil
 import sys
 import types
 import uuid
@@ -29,6 +28,7 @@ from samrep.backends.tensorrt import EngineIOError, TensorRTBackend, TensorSpec
 from samrep.backends.xtcl import XtclBackend
 from samrep.config import REPO_ROOT, load_params
 from samrep.errors import SamrepError
+from tests.test_pipeline import safe_rmtree
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 HAVE_TVM = importlib.util.find_spec("tvm") is not None
@@ -106,8 +106,8 @@ def test_vendor_rows_become_not_run_records(tmp_path):
             assert xtcl_row["reason"].startswith("Kunlunxin XTCL not installed (not public)")
         assert trt_row["failed_stage"] is None and "metrics" not in trt_row
     finally:
-        shutil.rmtree(params.data_path, ignore_errors=True)
-        shutil.rmtree(params.report_path, ignore_errors=True)
+        safe_rmtree(params.data_path)
+        safe_rmtree(params.report_path)
 
 
 # ---------------------------------------------------------------- TensorRT: plain-Python parts

@@ -481,8 +481,10 @@ class TensorRTBackend(Backend):
         trt = _import_trt()
         torch.cuda.current_device()  # torch owns the CUDA context; TensorRT joins it
         s = self.settings
+        from samrep.model import weights_sha256
+
         info = self.export_onnx(model, inputs)
-        weights = info.folder.name.split("-")[0]  # the export key's weights hash prefix
+        weights = weights_sha256(model)
         self.logger = trt.Logger(trt.Logger.INFO if s["verbose"] else trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         engine_dir = self.workdir / "tensorrt"
