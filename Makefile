@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 SETUP ?= $(STAMP)
 FORCE ?=
 
-.PHONY: setup report test lint clean-reports help
+.PHONY: setup report test lint browser clean-reports help
 
 help:
 	@echo "make report [HW=cpu|tiny|a100|h200] [FORCE=1]  set up, run the report -> reports/<HW>/index.html"
@@ -33,5 +33,12 @@ lint: $(SETUP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint
+# The report's browser test drives the system's Chromium (tests/browser.py); without one it skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$SAMREP_CHROMIUM" ] \
+	  || apt-get install -y chromium >/dev/null 2>&1 \
+	  || { apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1; } \
+	  || echo "warning: chromium not installed (apt-get install chromium); the browser test will skip" >&2
+
+test: lint browser
 	$(PY) -m pytest -q

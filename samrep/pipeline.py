@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import time
 from pathlib import Path
 
@@ -56,14 +57,52 @@ def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
     return out
 
 
+# nbconvert's "lab" template with the blocks that load scripts from a CDN emptied (require.js,
+# MathJax, mermaid, the ipywidgets renderer): the report has no <script src>, so it opens offline
+# with no errors. Nothing in the summary notebook needs those scripts.
+_OFFLINE_TEMPLATE = "samrep_offline.html.j2"
+_OFFLINE_TEMPLATE_SRC = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def _nbconvert_template_dirs() -> list[str]:
+    """Where nbconvert's own templates are, when jupyter's data path lacks them.
+
+    A venv puts them in <prefix>/share/jupyter, which jupyter_path() covers; with
+    `pip install --target DIR` they land in DIR/share/jupyter, next to the nbconvert package.
+    """
+    import nbconvert
+    from jupyter_core.paths import jupyter_path
+
+    if any(
+        (Path(d) / "lab" / "conf.json").is_file() for d in jupyter_path("nbconvert", "templates")
+    ):
+        return []
+    beside = Path(nbconvert.__file__).resolve().parent.parent / "share/jupyter/nbconvert/templates"
+    return [str(beside)] if (beside / "lab" / "conf.json").is_file() else []
+
+
 def render_html(notebook: Path, target: Path) -> Path:
-    """nbconvert to one self-contained HTML file: code hidden, images embedded as data URIs."""
+    """nbconvert to one self-contained HTML file: code hidden, images embedded as data URIs,
+    no scripts loaded from anywhere."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
+    extra = _nbconvert_template_dirs()
     exporter = HTMLExporter(
+        # Given here, as the constructor resolves the template. [cwd] is nbconvert's default;
+        # the paths let templates name each other as "base/null.j2".
+        extra_template_basedirs=[os.getcwd(), *extra],
+        extra_template_paths=extra,
         template_name="lab",
+        template_file=_OFFLINE_TEMPLATE,
+        extra_loaders=[DictLoader({_OFFLINE_TEMPLATE: _OFFLINE_TEMPLATE_SRC})],
         exclude_input=True,
         exclude_input_prompt=True,
         exclude_output_prompt=True,

@@ -9,6 +9,12 @@ import sys
 import pytest
 
 from samrep.config import REPO_ROOT, load_params
+from tests.browser import Chromium, find_chromium
+
+needs_chromium = pytest.mark.skipif(
+    find_chromium() is None,
+    reason="chromium not found: `apt-get install chromium` (make test tries) or set SAMREP_CHROMIUM",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +63,8 @@ def test_report_html_has_the_metrics_table_and_figures(tiny_report):
     assert "synthetic weights" in html.lower()
     assert "grace_hopper.jpg" in html  # which image was used is said
     assert "import samrep" not in html and "load_params(" not in html  # code hidden
+    # Opens offline: nothing loaded from a CDN (nbconvert's require.js, MathJax, mermaid...).
+    assert "<script src=" not in html and "cdnjs" not in html
     assert (REPO_ROOT / "reports" / "index.html").is_file()
 
 
@@ -73,3 +81,49 @@ def test_explore_masks_notebook_runs(tiny_report, tmp_path):
         cwd=str(REPO_ROOT),
     )
     assert out.read_text().count("image/png") >= 2
+
+
+@needs_chromium
+def test_report_html_in_a_browser(tiny_report):
+    """reports/tiny/index.html in headless Chromium from file://: no errors, no network,
+    the metrics table shown, every figure decoded and drawn."""
+    from samrep.results import load_records
+
+    params, _ = tiny_report
+    ok = [r for r in load_records(params.report_path) if r["status"] == "ok"]
+    shot = REPO_ROOT / "test-artifacts" / "report-tiny.png"
+    with Chromium() as browser:
+        page = browser.check_page(params.report_path / "index.html", screenshot=shot)
+    print(f"\n{page.summary()}\nscreenshot: {shot}")
+    assert page.errors() == []
+    assert page.outside_requests == []
+    assert page.metrics_table is not None, [t["header"] for t in page.tables]
+    assert page.metrics_table["rows"] >= 3
+    assert len(page.images) >= 1 + len(ok)
+    assert page.broken_images == []
+    assert page.problems(min_images=1 + len(ok)) == []
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_chromium
+def test_browser_check_catches_a_broken_page(tmp_path):
+    """The checker itself: a page with a broken image, a JS error, a console.error and a
+    script from the network must be reported as such."""
+    page_file = tmp_path / "broken.html"
+    page_file.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<script src='https://cdn.example.invalid/lib.js'></script></head><body>"
+        "<img src='missing.png' width='10' height='10'>"
+        "<script>console.error('boom from console'); undefinedFunctionCall();</script>"
+        "</body></html>"
+    )
+    with Chromium() as browser:
+        page = browser.check_page(page_file)
+    assert any("missing.png" in i["src"] for i in page.broken_images), page.images
+    assert any("undefinedFunctionCall" in e for e in page.exceptions), page.exceptions
+    assert any("boom from console" in e for e in page.console_errors), page.console_errors
+    assert "https://cdn.example.invalid/lib.js" in page.outside_requests, page.requests
+    assert any("missing.png" in f for f in page.failed_loads), page.failed_loads
+    problems = page.problems()
+    assert any("no visible table" in p for p in problems)
+    assert any("image not decoded" in p for p in problems)
