@@ -118,11 +118,14 @@ def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | No
         p_infer_whole = _num(inf["metrics"]["p_whole"])
         p_infer_core = _num(inf["metrics"]["p_core"])
     else:
-        p_infer_whole = p_infer_core = _why(inf, "engine")
+        # The reason once, in the headline cell; the row's other cells just say so.
+        p_infer_core = _why(inf, "engine")
+        p_infer_whole = p_infer_core.split(":")[0]
     if _ok(val):
         p_val_whole, p_val_core = _num(val["metrics"]["p_whole"]), _num(val["metrics"]["p_core"])
     else:
-        p_val_whole = p_val_core = _why(val, "val")
+        p_val_core = _why(val, "val")
+        p_val_whole = p_val_core.split(":")[0]
     if _ok(head):
         m = head["metrics"]
         mfu = f"{100 * m['mfu']:.2f}%" if m.get("mfu") is not None else "n/a: no peak in params"
@@ -133,7 +136,7 @@ def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | No
         if head["flops"]["peak_source"].startswith("estimate"):
             notes.append("MFU against an estimated CPU peak")
     else:
-        mfu = mfu_orig = mem = _why(head, "engine" if inf is not None else "val")
+        mfu = mfu_orig = mem = _why(head, "engine" if inf is not None else "val").split(":")[0]
     acc = _pair(inf, val, "acc", "{:.4f}") if inf is not None else _pair(None, val, "acc", "{:.4f}")
     iou = _pair(inf, val, "iou", "{:.4f}") if inf is not None else _pair(None, val, "iou", "{:.4f}")
     weights = (head.get("weights") or {}).get("synthetic")
@@ -571,3 +574,82 @@ def show_stage_files(params) -> None:
                 display(
                     stage_table(entries).style.hide(axis="index").format(precision=3, na_rep="-")
                 )
+
+
+def scaling_table(records: list[dict]) -> pd.DataFrame:
+    """Rows measured on several processes (samrep.distributed): one line each.
+
+    aggregate p_core = images of all ranks / the slowest rank's core time; efficiency =
+    aggregate / (world size x the single-GPU p_core of the same run); acc and IoU are the
+    minimum over ranks; memory is the largest per-GPU peak.
+    """
+    out = []
+    for r in records:
+        d = r.get("distributed") or {}
+        if not _ok(r) or "per_rank" not in d:
+            continue
+        n = d["world_size"]
+        out.append(
+            {
+                "row": r["key"],
+                "world size": n,
+                "single-GPU p_core [img/s]": d["single_gpu_p_core"],
+                "ideal [img/s]": n * d["single_gpu_p_core"],
+                "aggregate p_core [img/s]": d["aggregate_p_core"],
+                "scaling efficiency [%]": 100 * d["scaling_efficiency"],
+                "aggregate p_whole [img/s]": d["aggregate_p_whole"],
+                "per-rank p_core [img/s]": " / ".join(f"{x['p_core']:.2f}" for x in d["per_rank"]),
+                "acc (min over ranks)": d["acc_min"],
+                "IoU (min over ranks)": d["iou_min"],
+                "peak mem per GPU [GiB]": d["mem_peak_gib_max"],
+                "start skew [ms]": d.get("start_skew_ms"),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def plot_scaling(records: list[dict], ax=None):
+    """Per-rank p_core, the aggregate and the ideal (world size x single GPU), per row."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    rows = [r for r in records if _ok(r) and "per_rank" in (r.get("distributed") or {})]
+    for i, r in enumerate(rows):
+        d = r["distributed"]
+        ranks = [x["p_core"] for x in d["per_rank"]]
+        width = 0.8 / (len(ranks) + 2)
+        x0 = i - 0.4 + width / 2
+        ax.bar(x0, d["single_gpu_p_core"], width, color="tab:gray", label="single GPU" * (i == 0))
+        for k, p in enumerate(ranks):
+            ax.bar(x0 + (k + 1) * width, p, width, color="tab:blue", label="rank" * (i == k == 0))
+        ax.bar(
+            x0 + (len(ranks) + 1) * width,
+            d["aggregate_p_core"],
+            width,
+            color="tab:green",
+            label="aggregate" * (i == 0),
+        )
+        ax.hlines(
+            d["world_size"] * d["single_gpu_p_core"],
+            i - 0.45,
+            i + 0.45,
+            colors="black",
+            linestyles="dashed",
+            label="ideal (N x single)" * (i == 0),
+        )
+        ax.annotate(
+            f"{100 * d['scaling_efficiency']:.0f}%",
+            (x0 + (len(ranks) + 1) * width, d["aggregate_p_core"]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_xticks(
+        range(len(rows)), [f"{r['key']}\n{r['distributed']['world_size']} ranks" for r in rows]
+    )
+    ax.set_ylabel("p_core [images/s]")
+    ax.set_title("Scaling: per rank, aggregate and ideal")
+    ax.grid(alpha=0.3, axis="y")
+    if rows:
+        ax.legend(fontsize=7)
+    return ax
