@@ -14,8 +14,15 @@ from samrep.progress import log
 from samrep.results import atomic_write_json
 
 
-def bench(params: HwParams, backend: str, precision: str, bs: int, phase: str = "infer") -> dict:
-    """Measure one row with the params' data and model; print the headline figures."""
+def bench(
+    params: HwParams, backend: str, precision: str, bs: int, phase: str = "infer", launch=None
+) -> dict:
+    """Measure one row with the params' data and model; print the headline figures.
+
+    On several GPUs (`launch`, a samrep.distributed.Launch, or params world_size > 1) the row
+    runs with torchrun; the aggregate and per-rank figures are printed and the record is saved
+    as reports/<hw>/bench/<row>-ws<N>.json.
+    """
     from samrep.backends import BACKENDS
     from samrep.config import PRECISIONS
     from samrep.evaluate import evaluate_row, load_ground_truth
@@ -28,6 +35,12 @@ def bench(params: HwParams, backend: str, precision: str, bs: int, phase: str = 
     if not 1 <= bs <= params.data.datasize:
         raise SamrepError(f"--bs: must be between 1 and data.datasize {params.data.datasize}")
     check_device(params)
+    from samrep.distributed import Launch, resolve_world_size
+
+    if launch is None and resolve_world_size(params) != 1:
+        launch = Launch.from_env(resolve_world_size(params))
+    if launch is not None:
+        return _bench_distributed(params, RunParams(backend, precision, bs, phase), launch)
     gt = load_ground_truth(params)
     model, _ = load_params_model(params)
     record = evaluate_row(params, RunParams(backend, precision, bs, phase), gt, model, 0.0)
@@ -45,6 +58,19 @@ def bench(params: HwParams, backend: str, precision: str, bs: int, phase: str = 
         + f" [{record['timing']['images']} images, weights "
         f"{'synthetic' if record['weights']['synthetic'] else record['weights']['name']}]"
     )
+    return record
+
+
+def _bench_distributed(params: HwParams, run: RunParams, launch) -> dict:
+    from samrep.distributed import print_summary, run_distributed
+
+    (record,) = run_distributed(params, [run], launch)
+    print_summary(record)
+    if record["status"] == "ok":
+        n = record["distributed"]["world_size"]
+        path = params.report_path / "bench" / f"{run.key}-ws{n}.json"
+        atomic_write_json(path, record)
+        log(f"bench: wrote {path}")
     return record
 
 

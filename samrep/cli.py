@@ -49,6 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--precision", required=True, help="fp32, tf32, fp16, bf16 or fp8")
     bench.add_argument("--bs", type=int, required=True, help="batch size")
     bench.add_argument("--phase", default="infer", choices=("val", "infer"))
+    dist = bench.add_argument_group(
+        "several GPUs (torchrun; see README 'Several GPUs: torchrun')",
+        "processes per host and torchrun's rendezvous options, passed through as they are",
+    )
+    dist.add_argument(
+        "--world-size", help="processes (GPUs) on this host: N or auto (default: the params')"
+    )
+    dist.add_argument("--nnodes", help="torchrun --nnodes (hosts, e.g. 2 or 1:4)")
+    dist.add_argument("--node-rank", type=int, help="torchrun --node-rank")
+    dist.add_argument("--rdzv-backend", help="torchrun --rdzv-backend (e.g. c10d)")
+    dist.add_argument("--rdzv-endpoint", help="torchrun --rdzv-endpoint (host:port)")
+    dist.add_argument("--rdzv-id", help="torchrun --rdzv-id")
+    dist.add_argument("--rdzv-conf", help="torchrun --rdzv-conf (key=value,...)")
     steps = sub.add_parser("steps", help="time the fast backend's optimisation steps")
     steps.add_argument("--hw", default="cpu", help="params/<hw>.yaml")
     steps.add_argument("--bs", type=int, default=16, help="batch size (default 16)")
@@ -78,7 +91,8 @@ def _run(args) -> int:
     if args.stage == "bench":
         from samrep.bench import bench
 
-        record = bench(params, args.backend, args.precision, args.bs, args.phase)
+        params, launch = _launch(args, params)
+        record = bench(params, args.backend, args.precision, args.bs, args.phase, launch)
         return 0 if record["status"] == "ok" else 1
     if args.stage == "steps":
         from samrep.bench import steps
@@ -116,3 +130,22 @@ def _run(args) -> int:
         with pd.option_context("display.max_columns", None, "display.width", 250):
             print(spec_table(load_records(params.report_path)).to_string(index=False))
     return 0
+
+
+def _launch(args, params):
+    """(params, launch) of bench: --world-size overrides the params'; the rendezvous options
+    make a torchrun launch (launch None: the params' world size decides)."""
+    import dataclasses
+
+    from samrep.config import parse_world_size
+    from samrep.distributed import Launch, resolve_world_size
+
+    if args.world_size is not None:
+        ws = parse_world_size(args.world_size, "--world-size")
+        params = dataclasses.replace(params, world_size=ws)
+    rdzv = {
+        k: getattr(args, k)
+        for k in ("nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "rdzv_conf")
+        if getattr(args, k) is not None
+    }
+    return params, (Launch(resolve_world_size(params), **rdzv) if rdzv else None)

@@ -80,6 +80,9 @@ class HwParams:
     report_dir: str = ""  # defaults to reports/<hw>
     path: str = ""  # the file this came from
     sha256: str = ""  # hash of the file's parsed content (stage stamps)
+    # Processes (GPUs) on this host: an int >= 1 or "auto" (all visible GPUs); > 1 runs the rows
+    # with torchrun (samrep.distributed).
+    world_size: int | str = 1
 
     @property
     def data_path(self) -> Path:
@@ -170,6 +173,7 @@ def load_params(hw: str) -> HwParams:
         "runs",
         "memory_sample_ms",
         "report_dir",
+        "world_size",
     }
     unknown = sorted(set(raw) - top)
     if unknown:
@@ -246,6 +250,7 @@ def load_params(hw: str) -> HwParams:
         runs=tuple(runs),
         memory_sample_ms=typed("memory_sample_ms", float, 1.0),
         report_dir=typed("report_dir", str, ""),
+        world_size=parse_world_size(raw.get("world_size", 1), f"{where}: world_size"),
         path=where,
         sha256=hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest(),
     )
@@ -254,3 +259,14 @@ def load_params(hw: str) -> HwParams:
     params.data_path  # noqa: B018  (validates that the paths stay inside the repo)
     params.report_path  # noqa: B018
     return params
+
+
+def parse_world_size(value, where: str = "world_size") -> int | str:
+    """world_size: an int >= 1 or "auto" (every visible GPU; one process on a CPU)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SamrepError(f"{where}: expected an int >= 1 or 'auto', got {value!r}")
+    return value

@@ -31,9 +31,9 @@ from samrep.results import SCHEMA, results_dir, save_masks, save_record
 PEAK_KEY = {"fp32": "fp32", "tf32": "tf32", "fp16": "fp16", "bf16": "bf16", "fp8": "fp8"}
 
 
-def row_stamp(params: HwParams, run: RunParams, gt: GroundTruth) -> dict:
+def row_stamp(params: HwParams, run: RunParams, gt: GroundTruth, world_size=None) -> dict:
     """What a result depends on; a stored result with the same stamp is reused."""
-    return {
+    stamp = {
         "run": dataclasses.asdict(run),
         "model": dataclasses.asdict(params.model),
         "data": dataclasses.asdict(params.data),
@@ -42,6 +42,13 @@ def row_stamp(params: HwParams, run: RunParams, gt: GroundTruth) -> dict:
         "ground_truth": gt.manifest["stamp"],
         "samrep_version": samrep.__version__,
     }
+    # Several processes (samrep.distributed): the world size is part of the result.
+    from samrep.distributed import resolve_world_size
+
+    world_size = resolve_world_size(params) if world_size is None else world_size
+    if world_size != 1:
+        stamp["world_size"] = world_size
+    return stamp
 
 
 def base_record(params: HwParams, run: RunParams, gt: GroundTruth) -> dict:
@@ -222,6 +229,13 @@ def run_evaluation(
                 records[run.key] = old
                 continue
         todo.append(run)
+    from samrep.distributed import resolve_world_size, run_distributed
+
+    if todo and resolve_world_size(params) != 1:  # several GPUs: torchrun (samrep.distributed)
+        for record in run_distributed(params, todo):
+            save_record(params.report_path, record)
+            records[record["key"]] = record
+        todo = []
     if todo:
         t0 = time.perf_counter()
         model, weights = load_params_model(params)

@@ -65,6 +65,35 @@ def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
     conn.send((peak, samples + 1))
 
 
+def current_nvml_index() -> int:
+    """NVML's index of the current CUDA device.
+
+    NVML numbers every GPU of the host and ignores CUDA_VISIBLE_DEVICES; CUDA numbers the visible
+    ones. Matched by UUID, else through CUDA_VISIBLE_DEVICES, else the CUDA index itself.
+    """
+    import os
+
+    import torch
+
+    idx = torch.cuda.current_device()
+    try:
+        import pynvml
+
+        uuid = str(torch.cuda.get_device_properties(idx).uuid).lower().removeprefix("gpu-")
+        pynvml.nvmlInit()
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            nv = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+            nv = (nv.decode() if isinstance(nv, bytes) else nv).lower().removeprefix("gpu-")
+            if uuid and nv == uuid:
+                return i
+    except Exception:  # no NVML or no UUID: fall back to CUDA_VISIBLE_DEVICES
+        pass
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    if idx < len(visible) and visible[idx].isdigit():
+        return int(visible[idx])
+    return idx
+
+
 class MemoryMonitor:
     """Context manager: `with MemoryMonitor(device, 1.0) as mon: ...; mon.report`.
 
@@ -72,7 +101,7 @@ class MemoryMonitor:
     measured code for Python's GIL.
     """
 
-    def __init__(self, device: str, interval_ms: float = 1.0, device_index: int = 0):
+    def __init__(self, device: str, interval_ms: float = 1.0, device_index: int | None = None):
         self.device, self.interval_ms, self.index = device, interval_ms, device_index
         self.report: MemoryReport | None = None
 
@@ -81,6 +110,8 @@ class MemoryMonitor:
         import os
 
         self.method = "nvml" if self.device == "cuda" else "rss"
+        if self.method == "nvml" and self.index is None:
+            self.index = current_nvml_index()  # this process's GPU, not always GPU 0
         target = self.index if self.method == "nvml" else os.getpid()
         if self.device == "cuda":
             import torch

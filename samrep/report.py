@@ -653,3 +653,17 @@ def plot_scaling(records: list[dict], ax=None):
     if rows:
         ax.legend(fontsize=7)
     return ax
+
+
+def show_scaling(records: list[dict]) -> None:
+    """The scale-out table and plot, when any row ran on several processes."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    table = scaling_table(records)
+    if table.empty:
+        return
+    display(Markdown("## Scale-out (torchrun, one process per GPU)"))
+    display(table.style.hide(axis="index").format(precision=3, na_rep="-"))
+    plot_scaling(records)
+    plt.show()

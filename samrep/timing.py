@@ -68,11 +68,14 @@ def measure(
     warmup: int,
     after_batch: Callable[[torch.Tensor, torch.Tensor], None],
     progress=None,
+    barrier: Callable[[], None] | None = None,
 ) -> Timing:
     """Run `repeat` passes over `dataset` through `backend`, timing core and whole.
 
     after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) does post-processing and scoring
     inside the whole region. `progress.update()` is called once per batch, outside the core.
+    barrier() (several processes: samrep.distributed) runs after the warm-up has synchronised and
+    before the timed loop, so every process starts its timed regions together.
     """
     batches = iter(dataset)
     for _ in range(warmup):
@@ -83,6 +86,8 @@ def measure(
             pv, pts = next(batches)
         core_step(backend, pv, pts)
     backend.synchronize()
+    if barrier is not None:
+        barrier()
 
     core_times: list[float] = []
     t_whole = time.perf_counter()

@@ -20,6 +20,8 @@ def params_cell(src: str):
 
 
 def write(name: str, cells: list) -> None:
+    for i, cell in enumerate(cells):
+        cell["id"] = f"{name}-{i}"  # stable ids: regenerating changes nothing that did not change
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -147,6 +149,7 @@ write(
             "report.show_row_masks(records, params, manifest)"
         ),
         new_code_cell("report.show_stage_files(params)"),
+        new_code_cell("report.show_scaling(records)"),
         new_code_cell("report.show_steps(params)"),
         new_code_cell(
             "display(Markdown(report.notes_markdown(params)))\n"
