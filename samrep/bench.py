@@ -15,13 +15,23 @@ from samrep.results import atomic_write_json
 
 
 def bench(
-    params: HwParams, backend: str, precision: str, bs: int, phase: str = "infer", launch=None
+    params: HwParams,
+    backend: str,
+    precision: str,
+    bs: int,
+    phase: str = "infer",
+    launch=None,
+    repeats: int | None = None,
 ) -> dict:
     """Measure one row with the params' data and model; print the headline figures.
 
     On several GPUs (`launch`, a samrep.distributed.Launch, or params world_size > 1) the row
     runs with torchrun; the aggregate and per-rank figures are printed and the record is saved
     as reports/<hw>/bench/<row>-ws<N>.json.
+
+    On one device, `repeats` measurements (default data.measure_repeats) follow one build:
+    p_infer_core is their median, printed with the min-max; the record goes to
+    reports/<hw>/bench/<row>.json.
     """
     from samrep.backends import BACKENDS
     from samrep.config import PRECISIONS
@@ -34,6 +44,8 @@ def bench(
         raise SamrepError(f"--precision: unknown '{precision}' (known: {', '.join(PRECISIONS)})")
     if not 1 <= bs <= params.data.datasize:
         raise SamrepError(f"--bs: must be between 1 and data.datasize {params.data.datasize}")
+    if repeats is not None and repeats < 1:
+        raise SamrepError(f"--repeats: must be >= 1, got {repeats}")
     check_device(params)
     from samrep.distributed import Launch, resolve_world_size
 
@@ -42,21 +54,34 @@ def bench(
     if launch is not None:
         return _bench_distributed(params, RunParams(backend, precision, bs, phase), launch)
     gt = load_ground_truth(params)
-    model, _ = load_params_model(params)
-    record = evaluate_row(params, RunParams(backend, precision, bs, phase), gt, model, 0.0)
+    model, weights = load_params_model(params)
+    run = RunParams(backend, precision, bs, phase)
+    record = evaluate_row(params, run, gt, model, 0.0, weights.sha256, repeats)
+    path = params.report_path / "bench" / f"{run.key}.json"
+    atomic_write_json(path, record)
+    log(f"bench: wrote {path}")
     if record["status"] != "ok":
         print(f"{record['key']}: {record['status']}: {record['reason']}")
         return record
     m = record["metrics"]
     fw = m["mem_framework_peak_gib"]
+    rep = m.get("p_core_repeats")
+    spread = (
+        f" (median of {rep['n']} repeats, min-max {rep['min']:.2f}-{rep['max']:.2f}, spread "
+        f"{100 * (rep['max'] - rep['min']) / rep['median']:.1f}%)"
+        if rep
+        else ""
+    )
+    failed = [k for k, c in record["validity"]["checks"].items() if c["ok"] is False]
     print(
         f"{record['key']} ({record['math_mode']}) on {record['environment']['device']}: "
-        f"p_infer_core {m['p_core']:.2f} img/s, MFU {100 * m['mfu']:.2f}% (true FLOPs; "
+        f"p_infer_core {m['p_core']:.2f} img/s{spread}, MFU {100 * m['mfu']:.2f}% (true FLOPs; "
         f"{m['achieved_tflops']:.1f} TFLOP/s), acc {m['acc']:.5f}, IoU {m['iou']:.4f}, "
         f"peak memory {m['mem_peak_gib']:.2f}/{m['mem_total_gib']:.1f} GiB"
         + (f" (framework {fw:.2f} GiB)" if fw is not None else "")
         + f" [{record['timing']['images']} images, weights "
         f"{'synthetic' if record['weights']['synthetic'] else record['weights']['name']}]"
+        + (f" INVALID: {', '.join(failed)}" if failed else "")
     )
     return record
 

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--precision", required=True, help="fp32, tf32, fp16, bf16 or fp8")
     bench.add_argument("--bs", type=int, required=True, help="batch size")
     bench.add_argument("--phase", default="infer", choices=("val", "infer"))
+    bench.add_argument(
+        "--repeats", type=int, help="measurements after one build (default: data.measure_repeats)"
+    )
     dist = bench.add_argument_group(
         "several GPUs (torchrun; see README 'Several GPUs: torchrun')",
         "processes per host and torchrun's rendezvous options, passed through as they are",
@@ -84,15 +87,20 @@ def _run(args) -> int:
     if args.stage == "report":
         from samrep.pipeline import run_report
 
-        page = run_report(args.hw, force=args.force)
-        print(page)
+        outcome = run_report(args.hw, force=args.force)
+        print(outcome.page)
+        if outcome.failed:
+            print(f"samrep: report rendered; {outcome.failure_message()}", file=sys.stderr)
+            return 1
         return 0
     params = load_params(args.hw)
     if args.stage == "bench":
         from samrep.bench import bench
 
         params, launch = _launch(args, params)
-        record = bench(params, args.backend, args.precision, args.bs, args.phase, launch)
+        record = bench(
+            params, args.backend, args.precision, args.bs, args.phase, launch, args.repeats
+        )
         return 0 if record["status"] == "ok" else 1
     if args.stage == "steps":
         from samrep.bench import steps

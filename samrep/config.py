@@ -47,7 +47,14 @@ class DataParams:
     datasize: int = 1000  # copies of the one sample in the throughput dataset
     repeat: int = 5  # passes over the dataset per phase
     warmup: int = 2  # batches run before timing starts (excluded from every figure)
-    image: str = "auto"  # "auto" (car.png, else the offline fallback), "car" or "fallback"
+    # "auto" (car.png, else the offline fallback), "car", "fallback", or the path of an image
+    # inside data_dir (relative to the repo root), whose prompt point is then `point`.
+    image: str = "auto"
+    point: list = field(default_factory=list)  # [x, y] in original pixels (a path image only)
+    # Validity of every measurement (each result says whether it met them; none is dropped):
+    min_iterations: int = 5  # timed batches per measurement, at least
+    min_seconds: float = 1.0  # summed core time per measurement, at least
+    measure_repeats: int = 1  # measurements per row (built once); median [min-max] reported
 
 
 @dataclass(frozen=True)
@@ -92,12 +99,52 @@ class HwParams:
     def report_path(self) -> Path:
         return resolve_inside(self.report_dir or f"reports/{self.hw}", "report_dir", self.path)
 
+    @property
+    def weights_path(self) -> Path | None:
+        """model.weights as a local folder (inside data_dir), or None for a hub id / synthetic."""
+        if not is_local_path(self.model.weights):
+            return None
+        return resolve_within(self.model.weights, "model.weights", self.path, self.data_path)
+
+    @property
+    def image_path(self) -> Path | None:
+        """data.image as a file (inside data_dir), or None for auto / car / fallback."""
+        if self.data.image in IMAGE_CHOICES:
+            return None
+        return resolve_within(self.data.image, "data.image", self.path, self.data_path)
+
+
+IMAGE_CHOICES = ("auto", "car", "fallback")
+# Folders of the repository that hold code or configuration: never an output folder.
+SOURCE_DIRS = (".git", "samrep", "params", "notebooks", "tests", "tools")
+
+
+def is_local_path(weights: str) -> bool:
+    """Is model.weights a local folder (not a hub id such as facebook/sam-vit-huge)?"""
+    return bool(weights) and (weights.startswith((".", "/", "~")) or (REPO_ROOT / weights).is_dir())
+
 
 def resolve_inside(rel: str, key: str, where: str) -> Path:
-    """A params path, relative to the repo root; it must stay inside the repo."""
+    """An output folder of the params, relative to the repo root: inside the repo, and neither
+    the repo root itself nor one of its code folders (results must not overwrite sources)."""
+    root = REPO_ROOT.resolve()
     p = (REPO_ROOT / rel).resolve()
-    if REPO_ROOT.resolve() not in p.parents and p != REPO_ROOT.resolve():
+    if root not in p.parents:
+        if p == root:
+            raise SamrepError(f"{where}: {key} = '{rel}' is the repository root itself")
         raise SamrepError(f"{where}: {key} = '{rel}' points outside the repository")
+    top = p.relative_to(root).parts[0]
+    if top in SOURCE_DIRS:
+        raise SamrepError(f"{where}: {key} = '{rel}' is inside the code folder '{top}/'")
+    return p
+
+
+def resolve_within(rel: str, key: str, where: str, folder: Path) -> Path:
+    """An input path of the params, relative to the repo root: it must stay inside `folder`."""
+    p = (REPO_ROOT / Path(rel).expanduser()).resolve()
+    if folder != p and folder not in p.parents:
+        shown = folder.relative_to(REPO_ROOT.resolve())
+        raise SamrepError(f"{where}: {key} = '{rel}' is outside data.data_dir ({shown}/)")
     return p
 
 
@@ -141,6 +188,44 @@ def _build(cls, raw, where: str):
         return cls(**kwargs)
     except TypeError as exc:  # a required key is missing
         raise SamrepError(f"{where}: {exc}") from None
+
+
+def _check_image(data: DataParams, where: str) -> None:
+    """data.image is a choice, or a path with its prompt point data.point = [x, y]."""
+    if data.image in IMAGE_CHOICES:
+        if data.point:
+            raise SamrepError(
+                f"{where}: data.point: only for an image path (data.image = '{data.image}' "
+                "has its own point)"
+            )
+        return
+    if not data.image:
+        raise SamrepError(f"{where}: data.image: empty (one of auto, car, fallback, or a path)")
+    point = data.point
+    if (
+        not isinstance(point, list)
+        or len(point) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
+    ):
+        raise SamrepError(
+            f"{where}: data.point: an image path needs its prompt point [x, y], got {point!r}"
+        )
+
+
+def _check_precision(run: RunParams, where: str) -> None:
+    """The precision must be one the backend has at all (whether it runs *here* is checked at
+    run time: a "not run" row). A backend whose module cannot be imported is left to that."""
+    from samrep.backends import BackendUnavailable, get_backend
+
+    try:
+        cls = get_backend(run.backend)
+    except BackendUnavailable:
+        return
+    if run.precision not in cls.precisions:
+        raise SamrepError(
+            f"{where}: backend '{run.backend}' has no {run.precision} mode "
+            f"(has {', '.join(cls.precisions)})"
+        )
 
 
 def load_params(hw: str) -> HwParams:
@@ -197,13 +282,13 @@ def load_params(hw: str) -> HwParams:
         peaks[prec] = _build(Peak, entry, f"{where}: peaks.{prec}")
     model = _build(ModelParams, raw.get("model", {}), f"{where}: model")
     data = _build(DataParams, raw.get("data", {}), f"{where}: data")
-    for key in ("datasize", "repeat"):
+    for key in ("datasize", "repeat", "min_iterations", "measure_repeats"):
         if getattr(data, key) < 1:
             raise SamrepError(f"{where}: data.{key}: must be >= 1, got {getattr(data, key)}")
-    if data.warmup < 0:
-        raise SamrepError(f"{where}: data.warmup: must be >= 0, got {data.warmup}")
-    if data.image not in ("auto", "car", "fallback"):
-        raise SamrepError(f"{where}: data.image: '{data.image}' is not one of auto, car, fallback")
+    for key in ("warmup", "min_seconds"):
+        if getattr(data, key) < 0:
+            raise SamrepError(f"{where}: data.{key}: must be >= 0, got {getattr(data, key)}")
+    _check_image(data, where)
     from samrep.model import ARCHITECTURES
 
     if model.arch not in ARCHITECTURES:
@@ -233,6 +318,7 @@ def load_params(hw: str) -> HwParams:
             raise SamrepError(
                 f"{where}: runs[{i}].bs: {run.bs} is larger than data.datasize {data.datasize}"
             )
+        _check_precision(run, f"{where}: runs[{i}].precision")
         runs.append(run)
     keys = [r.key for r in runs]
     dup = next((k for k in keys if keys.count(k) > 1), None)
@@ -254,6 +340,8 @@ def load_params(hw: str) -> HwParams:
         path=where,
         sha256=hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest(),
     )
+    params.weights_path  # noqa: B018  (a local weights folder stays inside data_dir)
+    params.image_path  # noqa: B018  (an image file stays inside data_dir)
     if params.hw != path.stem and not hw.endswith((".yaml", ".yml")):
         raise SamrepError(f"{where}: hw: '{params.hw}' does not match the file name '{path.stem}'")
     params.data_path  # noqa: B018  (validates that the paths stay inside the repo)

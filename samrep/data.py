@@ -76,8 +76,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# Smallest side an image may have: below it the pixel-agreement metric has almost no pixels.
+MIN_IMAGE_SIDE = 16
+# PIL modes of more than 8 bits per channel: PIL's RGB conversion clips them (I;16 -> white).
+HIGH_BIT_DEPTH_MODES = ("I", "F")
+
+
 def open_image(path: Path, spec: ImageSpec, expected_sha256: str | None) -> Sample:
-    """Open and check an image: checksum, decodability, RGB, documented size, point inside."""
+    """Open and check an image: checksum, decodability, RGB conversion, size, point inside."""
+    if not Path(path).is_file():
+        raise SamrepError(f"{path}: image file not found")
     digest = file_sha256(path)
     if expected_sha256 and digest != expected_sha256:
         raise SamrepError(
@@ -85,16 +93,52 @@ def open_image(path: Path, spec: ImageSpec, expected_sha256: str | None) -> Samp
         )
     try:
         with Image.open(path) as im:
+            mode, (width, height) = im.mode, im.size
+            if width * height > Image.MAX_IMAGE_PIXELS:
+                raise SamrepError(
+                    f"{path}: image is {width}x{height}, more than PIL's limit of "
+                    f"{Image.MAX_IMAGE_PIXELS} pixels"
+                )
+            if mode.split(";")[0] in HIGH_BIT_DEPTH_MODES:
+                raise SamrepError(
+                    f"{path}: image mode {mode} has more than 8 bits per channel; converting it "
+                    "to 8-bit RGB would clip it (save it as 8-bit RGB first)"
+                )
             image = np.asarray(im.convert("RGB"))
+    except SamrepError:
+        raise
     except Exception as exc:  # PIL raises several types for undecodable files
         raise SamrepError(f"{path}: cannot decode image ({exc})") from None
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise SamrepError(
+            f"{path}: RGB conversion of mode {mode} gave {image.dtype} {image.shape}, "
+            "not (H, W, 3) uint8"
+        )
     height, width = image.shape[:2]
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise SamrepError(
+            f"{path}: image is {width}x{height}; each side must be at least {MIN_IMAGE_SIDE} px"
+        )
     x, y = spec.point
     if not (0 <= x < width and 0 <= y < height):
         raise SamrepError(f"{path}: prompt point ({x}, {y}) is outside the {width}x{height} image")
-    if (width, height) != spec.size:
+    if spec.size != (0, 0) and (width, height) != spec.size:
         log(f"image: {path} is {width}x{height}, documented {spec.size[0]}x{spec.size[1]}")
     return Sample(spec=spec, image=image, path=str(path), sha256=digest, fallback=False)
+
+
+def load_params_sample(params) -> Sample:
+    """The image of `params`: data.image as a choice (load_sample) or a file with data.point."""
+    path = params.image_path
+    if path is None:
+        return load_sample(params.data.image)
+    spec = ImageSpec(
+        name=params.data.image,
+        point=tuple(float(v) for v in params.data.point),
+        sha256=None,
+        size=(0, 0),  # not documented: whatever the file is
+    )
+    return open_image(path, spec, None)
 
 
 def fallback_path() -> Path:

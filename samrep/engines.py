@@ -17,6 +17,7 @@ import time
 from samrep.backends import BackendUnavailable, get_backend
 from samrep.config import HwParams
 from samrep.env import check_device
+from samrep.faults import checkpoint
 from samrep.groundtruth import load_ground_truth, load_params_model
 from samrep.progress import log
 from samrep.results import atomic_write_json
@@ -56,6 +57,7 @@ def _stage(params: HwParams, name: str, want, work, force: bool) -> list[dict]:
             )
             t0 = time.perf_counter()
             entry.update(work(backend, model, gt.inputs, force) or {})
+            checkpoint(f"{name}:{run.key}")  # test hook (samrep.faults): made, not yet recorded
             entry.update(status="ok", seconds=time.perf_counter() - t0)
         except BackendUnavailable as exc:
             log(f"{name} {run.key}: not run: {exc}")

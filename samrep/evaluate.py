@@ -9,38 +9,46 @@ record; one that fails (out of memory, a build error) is a "failed" record; the 
 from __future__ import annotations
 
 import dataclasses
+import json
+import statistics
 import time
 import traceback
 
 import torch
 
-import samrep
 from samrep.backends import BackendUnavailable, get_backend
 from samrep.config import HwParams, RunParams
 from samrep.data import RepeatedDataset
 from samrep.env import check_device, environment
 from samrep.errors import SamrepError
+from samrep.faults import checkpoint
 from samrep.flops import ORIGINAL_FLOPS_PER_IMAGE, mfu, sam_flops
 from samrep.groundtruth import GroundTruth, load_ground_truth, load_params_model
 from samrep.memory import MemoryMonitor
 from samrep.metrics import MaskScore, postprocess_masks
 from samrep.progress import Progress, log
 from samrep.results import SCHEMA, results_dir, save_masks, save_record
+from samrep.resume import code_version
+from samrep.validity import device_state, validity
 
 # Which peak a precision is measured against: fp32 with TF32 off is the SIMT fp32 peak.
 PEAK_KEY = {"fp32": "fp32", "tf32": "tf32", "fp16": "fp16", "bf16": "bf16", "fp8": "fp8"}
 
 
-def row_stamp(params: HwParams, run: RunParams, gt: GroundTruth, world_size=None) -> dict:
-    """What a result depends on; a stored result with the same stamp is reused."""
+def row_stamp(params: HwParams, run: RunParams, gt: GroundTruth | dict, world_size=None) -> dict:
+    """What a result depends on; a stored result with the same stamp is reused.
+
+    `gt`: the ground truth, or its manifest (only its "stamp": image and weights sha256).
+    """
+    manifest = gt if isinstance(gt, dict) else gt.manifest
     stamp = {
         "run": dataclasses.asdict(run),
         "model": dataclasses.asdict(params.model),
         "data": dataclasses.asdict(params.data),
         "device": params.device,
         "peaks": {k: dataclasses.asdict(v) for k, v in params.peaks.items()},
-        "ground_truth": gt.manifest["stamp"],
-        "samrep_version": samrep.__version__,
+        "ground_truth": manifest["stamp"],
+        "code_version": code_version(),
     }
     # Several processes (samrep.distributed): the world size is part of the result.
     from samrep.distributed import resolve_world_size
@@ -76,15 +84,32 @@ def base_record(params: HwParams, run: RunParams, gt: GroundTruth) -> dict:
     }
 
 
-def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_s: float) -> dict:
-    """Build and measure one row; never raises for a backend's own failure."""
+def evaluate_row(
+    params: HwParams,
+    run: RunParams,
+    gt: GroundTruth,
+    model,
+    load_s: float,
+    weights_sha256: str | None = None,
+    repeats: int | None = None,
+) -> dict:
+    """Build and measure one row; never raises for a backend's own failure.
+
+    `repeats` measurements (default data.measure_repeats) follow one build; the metrics are their
+    medians, with the spread in metrics.p_core_repeats. `weights_sha256`: of the weights that
+    run (the validity check compares it with the ground truth's manifest).
+    """
+    repeats = repeats or params.data.measure_repeats
     record = base_record(params, run, gt)
     record["environment"] = environment(params.device)
+    start_state = device_state(params.device)  # before this row allocates anything
     stage = "lookup"
     try:
         cls = get_backend(run.backend)
+        stage = "check"
         cls.check_available(params.device, run.precision)
         stage = "build"
+        checkpoint(f"evaluate:build:{run.key}")
         backend = cls(
             params.device, run.precision, run.options, params.data_path / "engines", bs=run.bs
         )
@@ -95,6 +120,7 @@ def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_
             backend.synchronize()
             build_s = time.perf_counter() - t0
             stage = "measure"
+            checkpoint(f"evaluate:measure:{run.key}")
             dataset = RepeatedDataset(
                 gt.inputs, params.data.datasize, run.bs, pin_memory=params.device == "cuda"
             )
@@ -109,17 +135,23 @@ def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_
                     first.append(masks[0].cpu())
                 score.update(masks)
 
-            progress = Progress(f"{run.key}: measuring", len(dataset) * params.data.repeat)
+            progress = Progress(
+                f"{run.key}: measuring", len(dataset) * params.data.repeat * repeats
+            )
             t1 = time.perf_counter()
-            timing = measure_row(backend, dataset, params, after_batch, progress)
+            timings = [
+                measure_row(backend, dataset, params, after_batch, progress) for _ in range(repeats)
+            ]
             measure_s = time.perf_counter() - t1
             progress.close()
     except BackendUnavailable as exc:
         log(f"{run.key}: not run: {exc}")
-        record.update(status="not_run", reason=str(exc))
+        record.update(status="not_run", reason=str(exc), failed_stage=stage)
         return record
     except (Exception, torch.cuda.OutOfMemoryError) as exc:  # a failed row, not a failed report
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+            reason = f"out of memory at bs {run.bs} ({reason})"
         log(f"{run.key}: FAILED in {stage}: {reason}")
         record.update(
             status="failed",
@@ -134,30 +166,41 @@ def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_
     scores = score.result()
     flops = sam_flops(model.config, points_per_image=1, batch_size=run.bs)
     peak = params.peaks.get(PEAK_KEY[run.precision])
+    p_cores = [t.p_core for t in timings]
+    p_core = statistics.median(p_cores)
+    # The timing shown in full is the median measurement's (the lower median for even counts).
+    timing = sorted(timings, key=lambda t: t.p_core)[(len(timings) - 1) // 2]
     metrics = {
-        "p_whole": timing.p_whole,
-        "p_core": timing.p_core,
+        "p_whole": statistics.median(t.p_whole for t in timings),
+        "p_core": p_core,
         "acc": scores["acc"],
         "iou": scores["iou"],
         "mem_peak_gib": mon.report.peak_gib,
         "mem_total_gib": mon.report.total_gib,
         "mem_delta_gib": mon.report.delta_gib,
         "mem_framework_peak_gib": mon.report.framework_peak_gib,
-        "mfu": mfu(timing.p_core, flops.total, peak.flops) if peak else None,
+        "mfu": mfu(p_core, flops.total, peak.flops) if peak else None,
         # The original's 3.1e12 "FLOPs" is ViT-H's multiply-add count: meaningless for other archs.
         "mfu_original": (
-            mfu(timing.p_core, ORIGINAL_FLOPS_PER_IMAGE, peak.flops)
+            mfu(p_core, ORIGINAL_FLOPS_PER_IMAGE, peak.flops)
             if peak and params.model.arch == "vit_h"
             else None
         ),
-        "achieved_tflops": timing.p_core * flops.total / 1e12,
+        "achieved_tflops": p_core * flops.total / 1e12,
     }
+    if repeats > 1:
+        metrics["p_core_repeats"] = spread(p_cores)
+        metrics["p_whole_repeats"] = spread([t.p_whole for t in timings])
     record.update(
         status="ok",
         math_mode=backend.math_mode,
         metrics=metrics,
         scores=scores,
-        timing=timing.to_dict(),
+        timing={
+            **timing.to_dict(),
+            **({"repeats": [t.to_dict() for t in timings]} if repeats > 1 else {}),
+        },
+        validity=validity(params, timings, start_state, gt, weights_sha256),
         memory=mon.report.to_dict(),
         flops={
             "per_image": flops.total,
@@ -178,13 +221,43 @@ def evaluate_row(params: HwParams, run: RunParams, gt: GroundTruth, model, load_
         masks_file=f"{run.key}.masks.npz",
     )
     save_masks(results_dir(params.report_path) / record["masks_file"], first[0].numpy())
+    spread_note = (
+        f" (median of {repeats}: {min(p_cores):.2f}-{max(p_cores):.2f})" if repeats > 1 else ""
+    )
+    failed = [k for k, c in record["validity"]["checks"].items() if c["ok"] is False]
     log(
-        f"{run.key}: p_core {timing.p_core:.2f} img/s, p_whole {timing.p_whole:.2f} img/s, "
-        f"acc {scores['acc']:.5f}, IoU {scores['iou']:.4f}, "
+        f"{run.key}: p_core {p_core:.2f} img/s{spread_note}, p_whole "
+        f"{metrics['p_whole']:.2f} img/s, acc {scores['acc']:.5f}, IoU {scores['iou']:.4f}, "
         f"mem {mon.report.peak_gib:.1f}/{mon.report.total_gib:.1f} GiB ({mon.report.method})"
+        + (f"; INVALID: {', '.join(failed)}" if failed else "")
     )
     del backend
     return record
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min and max of repeated measurements, and the values themselves."""
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": list(values),
+    }
+
+
+def stored_record(params: HwParams, run: RunParams, gt: GroundTruth | dict) -> dict | None:
+    """The stored record of `run` if its stamp is current and it is complete, else None."""
+    path = results_dir(params.report_path) / f"{run.key}.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if old.get("stamp") != row_stamp(params, run, gt):
+        return None
+    if old.get("status") == "ok" and not (path.parent / str(old.get("masks_file"))).is_file():
+        return None
+    return old
 
 
 def release_device_memory(device: str) -> None:
@@ -205,9 +278,11 @@ def measure_row(backend, dataset, params: HwParams, after_batch, progress):
 def run_evaluation(
     params: HwParams, force: bool = False, only: list[str] | None = None
 ) -> list[dict]:
-    """Evaluate every row of `params` (or those whose key is in `only`), reusing fresh results."""
-    import json
+    """Evaluate every row of `params` (or those whose key is in `only`), reusing fresh results.
 
+    A stored "ok" record whose stamp is current (and whose masks file is there) is reused;
+    every other row (missing, stale, failed, not run) is measured again.
+    """
     check_device(params)
     gt = load_ground_truth(params)
     out_dir = results_dir(params.report_path)
@@ -218,16 +293,11 @@ def run_evaluation(
             raise SamrepError(f"{params.path}: runs: no row '{missing[0]}'")
     todo, records = [], {}
     for run in runs:
-        path = out_dir / f"{run.key}.json"
-        if path.is_file() and not force:
-            try:
-                old = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                old = {}
-            if old.get("stamp") == row_stamp(params, run, gt) and old.get("status") == "ok":
-                log(f"{run.key}: reusing the result in {path}")
-                records[run.key] = old
-                continue
+        old = None if force else stored_record(params, run, gt)
+        if old is not None and old.get("status") == "ok":
+            log(f"{run.key}: reusing the result in {out_dir / (run.key + '.json')}")
+            records[run.key] = old
+            continue
         todo.append(run)
     from samrep.distributed import resolve_world_size, run_distributed
 
@@ -247,8 +317,9 @@ def run_evaluation(
             )
         for i, run in enumerate(todo):
             log(f"row {i + 1}/{len(todo)}: {run.key}")
-            record = evaluate_row(params, run, gt, model, load_s)
+            record = evaluate_row(params, run, gt, model, load_s, weights.sha256)
             save_record(params.report_path, record)
+            checkpoint(f"evaluate:saved:{run.key}")
             release_device_memory(params.device)
             records[run.key] = record
     return [records[r.key] for r in runs]

@@ -165,14 +165,56 @@ def _show_papermill_log() -> None:
         logger.propagate = False
 
 
-def run_report(hw: str, force: bool = False) -> Path:
-    """The whole chain for one hardware config; returns the HTML report's path."""
+def run_report(hw: str, force: bool = False):
+    """The whole chain for one hardware config -> samrep.resume.ChainOutcome (.page: the HTML).
+
+    A stage whose inputs are unchanged since it last finished is reused (samrep.resume), unless
+    `force`. A stage that fails is recorded and the chain goes on; the summary renders whatever
+    can be rendered (its failed copy if it fails itself). outcome.failed says whether a stage or
+    a configured row failed (the CLI then exits 1).
+    """
+    from samrep import resume
+    from samrep.faults import checkpoint
+
     params = load_params(hw)
     check_device(params)  # before any work: say what the config needs and what is here
     _show_papermill_log()
+    outcome = resume.ChainOutcome()
+    page = params.report_path / "index.html"
     for name in CHAIN:
-        parameters = {"hw": hw} if name == "99_summary" else {"hw": hw, "force": force}
-        execute_notebook(name, params, parameters)
-    page = render_html(params.report_path / "99_summary.ipynb", params.report_path / "index.html")
+        summary = name == CHAIN[-1]
+        out = params.report_path / f"{name}.ipynb"
+        done = None if force else resume.fresh_stage(params, name, page if summary else out)
+        if done is not None:
+            log(f"notebook {name}: reused (inputs unchanged since {done['finished']})")
+            outcome.reused.append(name)
+            continue
+        checkpoint(f"report:{name}")  # test hook (samrep.faults)
+        resume.clear_stage(params, name)  # the old record must not vouch for what is redone
+        parameters = {"hw": hw} if summary else {"hw": hw, "force": force}
+        t0 = time.perf_counter()
+        try:
+            execute_notebook(name, params, parameters)
+            if summary:
+                checkpoint("report:render")
+                render_html(out, page)
+        except Exception as exc:  # SamrepError (the notebook raised), a dead kernel, ...
+            if not isinstance(exc, SamrepError):
+                exc = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log(f"notebook {name}: FAILED: {exc}")
+            outcome.failed_stages[name] = str(exc)
+            out.unlink(missing_ok=True)  # an older executed copy is not this run's
+            resume.write_stage(params, name, "failed", time.perf_counter() - t0, str(exc))
+            failed_copy = out.with_name(f"{name}.failed.ipynb")
+            if summary and failed_copy.is_file():  # render what can be rendered
+                render_html(failed_copy, page)
+            continue
+        resume.write_stage(params, name, "ok", time.perf_counter() - t0)
+        outcome.ran.append(name)
     write_index()
-    return page
+    outcome.page = page
+    outcome.failed_rows = resume.failed_rows(params)
+    log(f"report: {outcome.summary()} (FORCE=1 redoes every stage)")
+    if outcome.failed:
+        log(f"report: {outcome.failure_message()}")
+    return outcome

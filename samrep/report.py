@@ -76,6 +76,29 @@ def _stage_total(rec: dict | None) -> float:
     return sum(v for v in t.values() if isinstance(v, (int, float)))
 
 
+def _p_core(rec: dict) -> str:
+    """p_core, as "median [min-max]" when the row was measured several times."""
+    m = rec["metrics"]
+    r = m.get("p_core_repeats")
+    if r:
+        return f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]"
+    return _num(m["p_core"])
+
+
+def _validity(recs: list[dict | None]) -> str:
+    """The validity cell: yes, "no: <failed checks>" (samrep.validity) or "-" (no ok record)."""
+    from samrep.validity import failed_checks
+
+    ok = [r for r in recs if _ok(r) and r.get("validity")]
+    if not ok:
+        return "-"
+    failed = []
+    for r in ok:
+        prefix = f"{r['phase']}: " if len(ok) > 1 else ""
+        failed += [prefix + c for c in failed_checks(r)]
+    return "no: " + ", ".join(failed) if failed else "yes"
+
+
 def _pair(infer, val, key, fmt):
     a = _num(infer["metrics"][key], fmt) if _ok(infer) else "–"
     b = _num(val["metrics"][key], fmt) if _ok(val) else "–"
@@ -103,7 +126,7 @@ def spec_table(records: list[dict], gt_seconds: float | None = None) -> pd.DataF
         if key not in used:
             rows.append(_row("(val only)", None, v, gt_seconds))
     return pd.DataFrame(
-        rows, columns=SPEC_COLUMNS + ["IoU", "MFU (3.1e12 conv.)", "weights", "notes"]
+        rows, columns=SPEC_COLUMNS + ["IoU", "MFU (3.1e12 conv.)", "weights", "valid", "notes"]
     )
 
 
@@ -116,13 +139,13 @@ def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | No
         p_infer_whole = p_infer_core = "not run: no engine configured at this precision and bs"
     elif _ok(inf):
         p_infer_whole = _num(inf["metrics"]["p_whole"])
-        p_infer_core = _num(inf["metrics"]["p_core"])
+        p_infer_core = _p_core(inf)
     else:
         # The reason once, in the headline cell; the row's other cells just say so.
         p_infer_core = _why(inf, "engine")
         p_infer_whole = p_infer_core.split(":")[0]
     if _ok(val):
-        p_val_whole, p_val_core = _num(val["metrics"]["p_whole"]), _num(val["metrics"]["p_core"])
+        p_val_whole, p_val_core = _num(val["metrics"]["p_whole"]), _p_core(val)
     else:
         p_val_core = _why(val, "val")
         p_val_whole = p_val_core.split(":")[0]
@@ -158,6 +181,7 @@ def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | No
         iou,
         mfu_orig,
         weights_label,
+        _validity([inf, val]),
         "; ".join(notes),
     ]
 
@@ -174,6 +198,12 @@ def rows_table(records: list[dict]) -> pd.DataFrame:
                 "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}",
                 "math mode": r.get("math_mode", r["precision"]),
                 "p_core [img/s]": m.get("p_core"),
+                "p_core min-max [img/s]": (
+                    f"{m['p_core_repeats']['min']:.2f}-{m['p_core_repeats']['max']:.2f} "
+                    f"({m['p_core_repeats']['n']} repeats)"
+                    if m.get("p_core_repeats")
+                    else None
+                ),
                 "p_whole [img/s]": m.get("p_whole"),
                 "MFU [%]": 100 * m["mfu"] if m.get("mfu") is not None else None,
                 "acc": m.get("acc"),
@@ -185,6 +215,8 @@ def rows_table(records: list[dict]) -> pd.DataFrame:
                 "build [s]": st.get("build_s"),
                 "measure [s]": st.get("measure_s"),
                 "images timed": (r.get("timing") or {}).get("images"),
+                "valid": _validity([r]),
+                "failed stage": r.get("failed_stage"),
             }
         )
     return pd.DataFrame(out)
@@ -439,6 +471,15 @@ def header_markdown(params, records: list[dict], manifest: dict) -> str:
     failed = [r["key"] for r in records if r["status"] == "failed"]
     if failed:
         lines.append(f"\n**Failed rows**: {', '.join(failed)} (reasons in the tables below).")
+    invalid = [r["key"] for r in records if _ok(r) and _validity([r]).startswith("no")]
+    if invalid:
+        lines.append(
+            f"\n**Invalid measurements** (kept, marked in the `valid` column): {', '.join(invalid)}"
+        )
+    for stage in sorted((params.report_path / "stages").glob("*.json")):
+        info = json.loads(stage.read_text())
+        if info.get("status") == "failed":
+            lines.append(f"\n**Stage {info['stage']} failed**: {info.get('reason')}")
     return "\n".join(lines)
 
 
@@ -508,6 +549,13 @@ METHOD_MARKDOWN = """\
   fp16 accuracy loss).
 - **e2e_time**: ground truth + the val row (weights load, build, measurement) + the engine row
   (ONNX export when it was made, build or compile, measurement).
+- **valid** (`samrep.validity`): every measurement timed at least `data.min_iterations` batches
+  and `data.min_seconds` of core time, after at least one warm-up batch (excluded); the clock is
+  `time.perf_counter` (monotonic, sub-microsecond); on a GPU no other process was on it at the
+  start of the row (NVML; on a CPU the 1-minute load average is recorded, informational only);
+  the ground-truth files and the weights match the manifest's sha256. A result failing a check
+  is kept and marked "no: <checks>". With `data.measure_repeats` > 1 (or `bench --repeats`)
+  each row is built once and measured that many times: p_core is the median, [min-max] beside it.
 """
 
 

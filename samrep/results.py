@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from samrep.faults import checkpoint
+
 SCHEMA = 1
 
 
@@ -28,6 +30,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        checkpoint(f"write:{path.name}")  # test hook (samrep.faults): killed before the rename
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -86,6 +86,7 @@ def test_evaluate_scores_and_reuses(params_path, capfd):
     }
     records = [r for r in records if r["status"] == "ok"]
     for r in records:
+        assert r["validity"]["valid"], r["validity"]
         m = r["metrics"]
         assert m["p_core"] > 0 and m["p_whole"] > 0 and m["p_core"] >= m["p_whole"]
         assert 0 < m["mfu"] < 1

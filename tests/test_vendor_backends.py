@@ -104,7 +104,8 @@ def test_vendor_rows_become_not_run_records(tmp_path):
         assert xtcl_row["status"] == "not_run"
         if not HAVE_TVM:
             assert xtcl_row["reason"].startswith("Kunlunxin XTCL not installed (not public)")
-        assert trt_row["failed_stage"] is None and "metrics" not in trt_row
+        # the stage where it was found unavailable: the backend's availability check
+        assert trt_row["failed_stage"] == "check" and "metrics" not in trt_row
     finally:
         safe_rmtree(params.data_path)
         safe_rmtree(params.report_path)
