@@ -126,17 +126,21 @@ def spec_table(records: list[dict], gt_seconds: float | None = None) -> pd.DataF
         if key not in used:
             rows.append(_row("(val only)", None, v, gt_seconds))
     return pd.DataFrame(
-        rows, columns=SPEC_COLUMNS + ["IoU", "MFU (3.1e12 conv.)", "weights", "valid", "notes"]
+        rows,
+        columns=SPEC_COLUMNS
+        + ["IoU", "MFU (3.1e12 conv.)", "math mode", "weights", "valid", "notes"],
     )
 
 
 def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | None) -> list:
     head = inf if inf is not None else val
-    precision = head.get("math_mode") or head["precision"]
+    precision = head["precision"]
+    math = head.get("math_mode") or precision  # what really ran, e.g. "fp32 (TF32 off)"
     e2e = (gt_seconds or 0.0) + _stage_total(val) + _stage_total(inf)
     notes = []
     if engine == "(val only)":
-        p_infer_whole = p_infer_core = "not run: no engine configured at this precision and bs"
+        p_infer_core = "not run: no engine configured at this precision and bs"
+        p_infer_whole = "not run"
     elif _ok(inf):
         p_infer_whole = _num(inf["metrics"]["p_whole"])
         p_infer_core = _p_core(inf)
@@ -180,6 +184,7 @@ def _row(engine: str, inf: dict | None, val: dict | None, gt_seconds: float | No
         mem,
         iou,
         mfu_orig,
+        math,
         weights_label,
         _validity([inf, val]),
         "; ".join(notes),
