@@ -133,10 +133,10 @@ def _run(args) -> int:
         import pandas as pd
 
         from samrep.report import spec_table
-        from samrep.results import load_records
+        from samrep.results import current_records
 
         with pd.option_context("display.max_columns", None, "display.width", 250):
-            print(spec_table(load_records(params.report_path)).to_string(index=False))
+            print(spec_table(current_records(params)).to_string(index=False))
     return 0
 
 

@@ -37,7 +37,8 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # Reports are outputs that a run itself rewrites: they do not make the code dirty.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,

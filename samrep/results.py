@@ -107,3 +107,19 @@ def records_frame(records: list[dict]):
             }
         )
     return pd.DataFrame(rows)
+
+
+def current_records(params) -> list[dict]:
+    """The records of the rows `params` configures now, in its order.
+
+    A record left by a row since removed from the params (an older configuration) is not shown:
+    it says so in the log instead.
+    """
+    from samrep.progress import log
+
+    by_key = {r["key"]: r for r in load_records(params.report_path)}
+    keys = [run.key for run in params.runs]
+    stale = sorted(set(by_key) - set(keys))
+    if stale:
+        log(f"results: not showing {', '.join(stale)} (no longer in {params.path})")
+    return [by_key[k] for k in keys if k in by_key]

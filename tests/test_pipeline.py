@@ -188,3 +188,12 @@ def test_missing_weights_without_synthetic_is_an_error(tmp_path):
     assert last.startswith("samrep: error: weights 'facebook/sam-vit-huge' not available")
     assert "allow_synthetic is false" in last
     assert not (REPO_ROOT / raw["data"]["data_dir"] / "manifest.json").exists()
+
+
+def test_records_of_rows_no_longer_configured_are_not_shown(params_path):
+    from samrep.results import atomic_write_json, current_records, results_dir
+
+    params = load_params(str(params_path))
+    stale = {"schema": 1, "key": "val-torch-bf16-bs64", "status": "ok"}
+    atomic_write_json(results_dir(params.report_path) / "val-torch-bf16-bs64.json", stale)
+    assert current_records(params) == []  # nothing measured yet, and the stale row is hidden

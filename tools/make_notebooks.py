@@ -119,8 +119,8 @@ write(
     [
         params_cell('hw = "cpu"'),
         new_code_cell(
-            setup("from samrep import report", "from samrep.results import load_records") + "\n"
-            "records = load_records(params.report_path)\nmanifest = report.read_manifest(params.data_path)\n"
+            setup("from samrep import report", "from samrep.results import current_records") + "\n"
+            "records = current_records(params)\nmanifest = report.read_manifest(params.data_path)\n"
             "display(Markdown(report.header_markdown(params, records, manifest)))"
         ),
         new_code_cell(
@@ -170,8 +170,8 @@ write(
             'hw = "cpu"\nrow = ""  # a row key such as "val-torch-fp32-bs1"; empty = first ok row'
         ),
         new_code_cell(
-            setup("from samrep import report", "from samrep.results import load_records") + "\n"
-            "records = load_records(params.report_path)\nmanifest = report.read_manifest(params.data_path)\n"
+            setup("from samrep import report", "from samrep.results import current_records") + "\n"
+            "records = current_records(params)\nmanifest = report.read_manifest(params.data_path)\n"
             "ok = [r['key'] for r in records if r['status'] == 'ok']\nprint('rows with masks:', ok)\n"
             "row = row or ok[0]"
         ),
