@@ -88,6 +88,10 @@ class Run:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell without job control starts background jobs (CI runners, `cmd &`) with
+            # SIGINT ignored, and the child would inherit that: restore the default so SIGINT
+            # is the Ctrl-C these tests mean (Python then raises KeyboardInterrupt).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
