@@ -111,8 +111,9 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     script from the network must be reported as such."""
     page_file = tmp_path / "broken.html"
     page_file.write_text(
+        # TEST-NET-1 (RFC 5737): never routed; the driver blocks http anyway.
         "<!doctype html><html><head><meta charset='utf-8'>"
-        "<script src='https://cdn.example.invalid/lib.js'></script></head><body>"
+        "<script src='http://192.0.2.1/lib.js'></script></head><body>"
         "<img src='missing.png' width='10' height='10'>"
         "<script>console.error('boom from console'); undefinedFunctionCall();</script>"
         "</body></html>"
@@ -122,7 +123,7 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     assert any("missing.png" in i["src"] for i in page.broken_images), page.images
     assert any("undefinedFunctionCall" in e for e in page.exceptions), page.exceptions
     assert any("boom from console" in e for e in page.console_errors), page.console_errors
-    assert "https://cdn.example.invalid/lib.js" in page.outside_requests, page.requests
+    assert "http://192.0.2.1/lib.js" in page.outside_requests, page.requests
     assert any("missing.png" in f for f in page.failed_loads), page.failed_loads
     problems = page.problems()
     assert any("no visible table" in p for p in problems)
