@@ -384,10 +384,9 @@ def distributed_row(
     from samrep.backends import get_backend
     from samrep.data import RepeatedDataset
     from samrep.env import environment
-    from samrep.evaluate import PEAK_KEY, base_record, row_stamp
+    from samrep.evaluate import PEAK_KEY, base_record, mask_scorer, row_stamp
     from samrep.flops import ORIGINAL_FLOPS_PER_IMAGE, mfu, sam_flops
     from samrep.memory import MemoryMonitor
-    from samrep.metrics import MaskScore, postprocess_masks
     from samrep.progress import Progress
     from samrep.results import results_dir, save_masks
     from samrep.timing import measure
@@ -423,16 +422,7 @@ def distributed_row(
     def measure_share(label: str, barrier=None) -> dict:
         backend = state["backend"]
         dataset = RepeatedDataset(gt.inputs, share, run.bs, pin_memory=cuda)
-        score = MaskScore(gt.masks.to(backend.device), gt.order)
-        first: list[torch.Tensor] = []
-
-        def after_batch(low_res_masks, iou_scores):
-            masks = postprocess_masks(
-                low_res_masks, gt.inputs.reshaped_size, gt.inputs.original_size
-            )
-            if not first:
-                first.append(masks[0].cpu())
-            score.update(masks)
+        after_batch, score, first = mask_scorer(gt, backend.device)
 
         total = len(dataset) * params.data.repeat
         progress = Progress(f"{run.key}: {label}", total) if ctx.rank == 0 else None

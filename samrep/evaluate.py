@@ -84,6 +84,25 @@ def base_record(params: HwParams, run: RunParams, gt: GroundTruth) -> dict:
     }
 
 
+def mask_scorer(gt: GroundTruth, device):
+    """The scoring inside the whole region, for samrep.timing.measure's `after_batch`.
+
+    Returns (after_batch, score, first): after_batch post-processes each batch's low-res masks
+    to the original size and adds them to `score` (a MaskScore on `device`); `first` keeps the
+    first image's masks ((3, H, W) bool, on the CPU) for the record.
+    """
+    score = MaskScore(gt.masks.to(device), gt.order)
+    first: list[torch.Tensor] = []
+
+    def after_batch(low_res_masks, iou_scores):
+        masks = postprocess_masks(low_res_masks, gt.inputs.reshaped_size, gt.inputs.original_size)
+        if not first:
+            first.append(masks[0].cpu())
+        score.update(masks)
+
+    return after_batch, score, first
+
+
 def evaluate_row(
     params: HwParams,
     run: RunParams,
@@ -124,16 +143,7 @@ def evaluate_row(
             dataset = RepeatedDataset(
                 gt.inputs, params.data.datasize, run.bs, pin_memory=params.device == "cuda"
             )
-            score = MaskScore(gt.masks.to(backend.device), gt.order)
-            first: list[torch.Tensor] = []
-
-            def after_batch(low_res_masks, iou_scores):
-                masks = postprocess_masks(
-                    low_res_masks, gt.inputs.reshaped_size, gt.inputs.original_size
-                )
-                if not first:
-                    first.append(masks[0].cpu())
-                score.update(masks)
+            after_batch, score, first = mask_scorer(gt, backend.device)
 
             progress = Progress(
                 f"{run.key}: measuring", len(dataset) * params.data.repeat * repeats

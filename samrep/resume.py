@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from samrep.config import HwParams
+from samrep.data import file_sha256
 from samrep.hub import offline_mode
 from samrep.results import atomic_write_json, results_dir
 
@@ -44,14 +45,6 @@ def code_version() -> str:
     for path in sorted(pkg.rglob("*.py")):
         h.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return f"{samrep.__version__}+{h.hexdigest()[:12]}"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def files_fingerprint(path: Path) -> str | None:

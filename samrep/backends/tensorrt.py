@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from samrep.backends.base import Backend, BackendUnavailable
+from samrep.data import file_sha256
 from samrep.errors import SamrepError
 from samrep.progress import log
 
@@ -326,14 +327,6 @@ def onnx_parts(info) -> list[tuple[str, Path]]:
     if not isinstance(paths, dict) or not paths:
         raise SamrepError(f"samrep.export returned no graph paths: {info!r}")
     return [(graph, Path(path)) for graph, path in paths.items()]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gpu_tag(device: torch.device) -> str:
