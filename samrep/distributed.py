@@ -384,7 +384,7 @@ def distributed_row(
     from samrep.backends import get_backend
     from samrep.data import RepeatedDataset
     from samrep.env import environment
-    from samrep.evaluate import PEAK_KEY, base_record, mask_scorer, row_stamp
+    from samrep.evaluate import PEAK_KEY, base_record, flops_record, mask_scorer, row_stamp
     from samrep.flops import ORIGINAL_FLOPS_PER_IMAGE, mfu, sam_flops
     from samrep.memory import MemoryMonitor
     from samrep.progress import Progress
@@ -556,12 +556,7 @@ def distributed_row(
         timing=timing,
         memory=worst["memory"],
         flops={
-            "per_image": flops.total,
-            "breakdown": dataclasses.asdict(flops),
-            "peak_key": PEAK_KEY[run.precision],
-            "peak_flops": peak.flops if peak else None,
-            "peak_source": peak.source if peak else f"no {run.precision} peak in {params.path}",
-            "original_per_image": ORIGINAL_FLOPS_PER_IMAGE,
+            **flops_record(flops, peak, run, params),
             "mfu_basis": "aggregate p_core / world_size against one GPU's peak",
         },
         stage_times={

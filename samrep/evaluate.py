@@ -84,6 +84,18 @@ def base_record(params: HwParams, run: RunParams, gt: GroundTruth) -> dict:
     }
 
 
+def flops_record(flops, peak, run: RunParams, params: HwParams) -> dict:
+    """The record's `flops` section: FLOPs per image, their parts, and the peak used for MFU."""
+    return {
+        "per_image": flops.total,
+        "breakdown": dataclasses.asdict(flops),
+        "peak_key": PEAK_KEY[run.precision],
+        "peak_flops": peak.flops if peak else None,
+        "peak_source": peak.source if peak else f"no {run.precision} peak in {params.path}",
+        "original_per_image": ORIGINAL_FLOPS_PER_IMAGE,
+    }
+
+
 def mask_scorer(gt: GroundTruth, device):
     """The scoring inside the whole region, for samrep.timing.measure's `after_batch`.
 
@@ -212,14 +224,7 @@ def evaluate_row(
         },
         validity=validity(params, timings, start_state, gt, weights_sha256),
         memory=mon.report.to_dict(),
-        flops={
-            "per_image": flops.total,
-            "breakdown": dataclasses.asdict(flops),
-            "peak_key": PEAK_KEY[run.precision],
-            "peak_flops": peak.flops if peak else None,
-            "peak_source": peak.source if peak else f"no {run.precision} peak in {params.path}",
-            "original_per_image": ORIGINAL_FLOPS_PER_IMAGE,
-        },
+        flops=flops_record(flops, peak, run, params),
         stage_times={
             "load_s": load_s,
             # The ONNX export's own time (made in the export stage, reused by this build).

@@ -18,7 +18,13 @@ import torch
 import transformers
 
 from samrep.backends.base import Backend, BackendUnavailable
-from samrep.backends.torch_eager import DTYPES, math_mode, mixed_precision_model, set_tf32
+from samrep.backends.torch_eager import (
+    DTYPES,
+    math_mode,
+    mixed_precision_forward,
+    mixed_precision_model,
+    set_tf32,
+)
 from samrep.progress import log
 
 # option -> (default, meaning)
@@ -89,13 +95,7 @@ class InductorBackend(Backend):
         log(f"inductor: compiled (mode {s['mode']}, bs {self.bs}) in {self.compile_s:.1f} s")
 
     def _forward(self, pixel_values, input_points):
-        image_embeddings = self.model.vision_encoder(pixel_values.to(self.dtype)).last_hidden_state
-        out = self.model(
-            image_embeddings=image_embeddings.float(),
-            input_points=input_points,
-            multimask_output=True,
-        )
-        return out.pred_masks[:, 0].float(), out.iou_scores[:, 0].float()
+        return mixed_precision_forward(self.model, self.dtype, pixel_values, input_points)
 
     @torch.no_grad()
     def run(self, pixel_values, input_points):

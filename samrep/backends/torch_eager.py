@@ -46,6 +46,19 @@ def mixed_precision_model(model, device: torch.device, precision: str):
     return m
 
 
+def mixed_precision_forward(model, dtype, pixel_values, input_points):
+    """A `mixed_precision_model` forward: encoder in `dtype`, prompt encoder + decoder in fp32.
+
+    pixel_values (B, 3, 1024, 1024), input_points (B, 1, 1, 2) -> low_res_masks
+    (B, 3, 256, 256) float32 logits, iou_scores (B, 3) float32.
+    """
+    image_embeddings = model.vision_encoder(pixel_values.to(dtype)).last_hidden_state
+    out = model(
+        image_embeddings=image_embeddings.float(), input_points=input_points, multimask_output=True
+    )
+    return out.pred_masks[:, 0].float(), out.iou_scores[:, 0].float()
+
+
 class TorchBackend(Backend):
     name = "torch"
     precisions = ("fp32", "tf32", "fp16", "bf16")
@@ -67,13 +80,7 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def run(self, pixel_values, input_points):
-        image_embeddings = self.model.vision_encoder(pixel_values.to(self.dtype)).last_hidden_state
-        out = self.model(
-            image_embeddings=image_embeddings.float(),
-            input_points=input_points,
-            multimask_output=True,
-        )
-        return out.pred_masks[:, 0].float(), out.iou_scores[:, 0].float()
+        return mixed_precision_forward(self.model, self.dtype, pixel_values, input_points)
 
     def versions(self) -> dict:
         return {"torch": torch.__version__, "transformers": transformers.__version__}
