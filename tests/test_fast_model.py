@@ -13,6 +13,7 @@ from transformers.models.sam.modeling_sam import SamVisionLayer
 
 from samrep.fast import build_fast_sam, converted_copy
 from samrep.fast.model import (
+    ATTENTION,
     FastVisionLayer,
     UpcastLayerNorm,
     window_partition,
@@ -95,10 +96,11 @@ def test_window_partition_matches_hf():
     assert torch.equal(window_unpartition(windows, 14, padded, (64, 64)), x)
 
 
+@pytest.mark.parametrize("attention", ["folded", "kernel"])
 @pytest.mark.parametrize("index", [0, 1], ids=["windowed", "global"])
-def test_layer_matches_hf(model, index):
+def test_layer_matches_hf(model, index, attention):
     layer = model.vision_encoder.layers[index]
-    fast = FastVisionLayer(layer, 64, fold_rel_pos=True, upcast_norm=False)
+    fast = FastVisionLayer(layer, 64, attention=attention, upcast_norm=False)
     x = torch.randn(2, 64, 64, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = layer(x)
@@ -107,10 +109,12 @@ def test_layer_matches_hf(model, index):
     torch.testing.assert_close(got, expected, atol=LAYER_ATOL_FP32, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["folded", "kernel"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_whole_model_fp32_matches_hf(model, batch):
+def test_whole_model_fp32_matches_hf(model, batch, attention):
     pixel_values, points, ref_masks, ref_iou, ref_emb = _reference(model, batch)
-    masks, iou, emb = _run_fast(build_fast_sam(model, precision="fp32"), pixel_values, points)
+    fast = build_fast_sam(model, precision="fp32", attention=attention)
+    masks, iou, emb = _run_fast(fast, pixel_values, points)
     assert masks.shape == (batch, 1, 3, 256, 256) and masks.dtype == torch.float32
     assert iou.shape == (batch, 1, 3) and iou.dtype == torch.float32
     torch.testing.assert_close(emb, ref_emb, atol=EMB_ATOL_FP32, rtol=0)
@@ -122,8 +126,8 @@ def test_whole_model_fp32_matches_hf(model, batch):
 def test_whole_model_matches_hf_eager_attention(eager_model):
     pixel_values, points = sample_inputs(1, seed=5)
     ref, _, _ = _run_hf(eager_model, pixel_values, points)
-    for fold in (True, False):
-        fast = build_fast_sam(eager_model, precision="fp32", fold_rel_pos=fold)
+    for attention in ATTENTION:
+        fast = build_fast_sam(eager_model, precision="fp32", attention=attention)
         masks, _, _ = _run_fast(fast, pixel_values, points)
         torch.testing.assert_close(masks, ref, atol=MASK_ATOL_FP32, rtol=0)
         assert _agreement(masks, ref) >= MIN_AGREEMENT

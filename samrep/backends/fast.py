@@ -1,9 +1,11 @@
 """`fast`: the same SAM weights and math through a faster image encoder (samrep.fast).
 
-The image encoder is `samrep.fast.build_fast_sam`'s (decomposed rel-pos bias folded into the
-attention dot product so flash attention runs, rel-pos index tables cached on the device,
-optional fp8 linear layers), compiled with torch.compile (CUDA graphs on a GPU by default);
-the prompt encoder and mask decoder are HF's, in fp32 as in every backend.
+The image encoder is `samrep.fast.build_fast_sam`'s: on CUDA with Triton, attention is one
+Triton flash kernel per layer that adds SAM's decomposed rel-pos bias itself and reads the
+unpadded token grid (no window partition); elsewhere the bias is folded into q/k so SDPA's
+flash attention runs. Rel-pos tables are gathered once; fp8 linear layers are optional. It is
+compiled with torch.compile (CUDA graphs on a GPU by default); the prompt encoder and mask
+decoder are HF's, in fp32 as in every backend.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import torch
 
 from samrep.backends.base import Backend, BackendUnavailable
+from samrep.fast.model import ATTENTION
 
 DTYPES = {
     "fp32": torch.float32,
@@ -23,8 +26,21 @@ DTYPES = {
 OPTIONS = {
     "compile": "torch.compile the image encoder (default: true on CUDA, false on the CPU)",
     "mode": "torch.compile mode (default: 'reduce-overhead', i.e. CUDA graphs, on CUDA; 'default' on the CPU)",
-    "fold_rel_pos": "fold the rel-pos bias into q/k so flash attention runs (default: true)",
+    "attention": "'kernel' (Triton, CUDA only), 'folded' (bias folded into q/k, flash SDPA) or "
+    "'masked' (bias as an SDPA mask, as transformers); default: 'kernel' on CUDA with Triton, "
+    "else 'folded'",
+    "fp32_residual": "keep the encoder's residual stream and LayerNorms in fp32 (default: true "
+    "for fp16, false otherwise)",
 }
+
+
+def default_attention(device: torch.device, precision: str) -> str:
+    """'kernel' where the Triton kernel runs (CUDA, triton importable, 16-bit inputs: its
+    tl.dot would round fp32 inputs to TF32), else 'folded'."""
+    from samrep.fast import triton_attention
+
+    usable = device.type == "cuda" and triton_attention.available() and precision != "fp32"
+    return "kernel" if usable else "folded"
 
 
 def decoder_copy(model):
@@ -65,11 +81,19 @@ class FastBackend(Backend):
             torch.backends.cudnn.allow_tf32 = False
         self.dtype = DTYPES[self.precision]
         source = copy.deepcopy(model) if self.precision == "fp32" else model  # fp32 shares weights
+        default = default_attention(self.device, self.precision)
+        self.attention = self.options.get("attention", default)
+        if self.attention not in ATTENTION:
+            raise ValueError(f"fast: option attention must be one of {ATTENTION}")
+        if self.attention == "kernel" and (not cuda or self.precision == "fp32"):
+            raise BackendUnavailable("fast: attention 'kernel' needs a CUDA GPU and 16-bit inputs")
+        residual = self.options.get("fp32_residual")
         fast = build_fast_sam(
             source,
             precision="bf16" if self.precision == "fp8" else self.precision,
-            fold_rel_pos=bool(self.options.get("fold_rel_pos", True)),
+            attention=self.attention,
             fp8_linear=self.precision == "fp8",
+            fp32_residual=None if residual is None else bool(residual),
         )
         self.encoder = fast.vision_encoder.to(self.device)
         self.decoder = decoder_copy(model).to(self.device).eval()
@@ -80,6 +104,7 @@ class FastBackend(Backend):
             "fp32": "fp32 (TF32 off)" if cuda else "fp32",
             "fp8": "fp8 e4m3 encoder linears, bf16 elsewhere; fp32 decoder",
         }.get(self.precision, f"{self.precision} image encoder, fp32 prompt encoder + mask decoder")
+        self.math_mode += f"; attention: {self.attention}"
         # Compile and capture now, at the row's batch size, so build time holds it.
         bs = self.bs
         pv = inputs.pixel_values.expand(bs, -1, -1, -1).contiguous().to(self.device)

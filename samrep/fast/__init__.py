@@ -1,6 +1,6 @@
 """A faster SAM image encoder with the exact math of transformers' SamModel (see model.py).
 
-build_fast_sam(model, precision=..., fold_rel_pos=..., fp8_linear=...) -> FastSam, whose
+build_fast_sam(model, precision=..., attention=..., fp8_linear=...) -> FastSam, whose
 forward(pixel_values, input_points) returns (low-res mask logits, iou scores) in float32.
 optimisation_steps(...) measures the optimisations one on top of the other (steps.py).
 """

@@ -27,6 +27,7 @@ from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionAttention
 
 from samrep.fast.relpos import rel_pos_tables
+from samrep.fast.triton_attention import grid_tables, rel_terms, relpos_attention, split_head_dim
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -139,3 +140,61 @@ class FastVisionAttention(nn.Module):
 
         out = out.reshape(b, heads, height, width, hd).permute(0, 2, 3, 1, 4)
         return self.proj(out.reshape(b, height, width, channels))
+
+
+class GridVisionAttention(nn.Module):
+    """SAM vision attention (same weights, same math) over the whole unpadded token grid.
+
+    (B, S, S, hidden) -> (B, S, S, hidden) for windowed (`window` < S) and global attention
+    alike, with no window partition: qkv runs on the S x S tokens only, and the
+    `samrep::relpos_attention` op (a Triton kernel on CUDA, `samrep.fast.triton_attention`)
+    treats the window padding as qkv(0) tokens, adds the decomposed rel-pos bias from the
+    (B, heads, S*S, window) rel_h / rel_w terms and writes the un-partitioned output that
+    `proj` reads. Shares `qkv` and `proj` with the HF module; rel-pos tables are buffers,
+    gathered once per grid row (`grid_tables`).
+    """
+
+    def __init__(self, attn: SamVisionAttention, size: int, window: int):
+        super().__init__()
+        if not attn.use_rel_pos:
+            raise ValueError("GridVisionAttention needs SAM's rel-pos attention (use_rel_pos)")
+        self.qkv = attn.qkv
+        self.proj = attn.proj
+        self.num_heads = int(attn.num_attention_heads)
+        self.head_dim = attn.qkv.out_features // (3 * self.num_heads)
+        split_head_dim(self.head_dim)  # ValueError now rather than at the first forward
+        self.scale = float(attn.scale)
+        self.size = int(size)
+        self.window = int(window) or self.size
+        table_h, table_w = rel_pos_tables(attn, self.window)
+        self.register_buffer("grid_h", grid_tables(table_h, self.size), persistent=False)
+        self.register_buffer("grid_w", grid_tables(table_w, self.size), persistent=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, size={self.size}, "
+            f"window={self.window}"
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        b, height, width, channels = hidden_states.shape
+        if height != self.size or width != self.size:
+            raise ValueError(
+                f"attention built for a {self.size}x{self.size} grid, got {height}x{width}"
+            )
+        qkv = self.qkv(hidden_states)  # (B, S, S, 3 * hidden)
+        q = qkv.unflatten(-1, (3, self.num_heads, self.head_dim))[..., 0, :, :]
+        rel_h, rel_w = rel_terms(q, self.grid_h, self.grid_w)
+        bias = self.qkv.bias
+        if bias is None:
+            bias = qkv.new_zeros(qkv.shape[-1])
+        out = relpos_attention(
+            qkv.contiguous(),
+            bias.to(qkv.dtype),
+            rel_h,
+            rel_w,
+            self.num_heads,
+            self.window,
+            self.scale,
+        )
+        return self.proj(out)

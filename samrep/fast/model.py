@@ -30,8 +30,11 @@ from torch import nn
 from transformers import SamModel
 from transformers.models.sam.modeling_sam import SamVisionEncoder, SamVisionLayer
 
-from samrep.fast.attention import FastVisionAttention
+from samrep.fast.attention import FastVisionAttention, GridVisionAttention
 from samrep.fast.fp8 import check_fp8_supported, default_granularity, swap_linears_to_fp8_
+
+# How the image encoder's attention runs (see FastVisionLayer).
+ATTENTION = ("kernel", "folded", "masked")
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -110,25 +113,36 @@ def window_unpartition(
 
 
 class FastVisionLayer(nn.Module):
-    """One SAM ViT block (`SamVisionLayer`) with `FastVisionAttention`; shares the HF weights.
+    """One SAM ViT block (`SamVisionLayer`) with a faster attention; shares the HF weights.
 
-    (B, 64, 64, C) -> (B, 64, 64, C) in the residual dtype (fp32 in fp16 mode).
+    (B, 64, 64, C) -> (B, 64, 64, C) in the residual dtype (fp32 with `upcast_norm`).
+    attention: "kernel": `GridVisionAttention` (Triton kernel on the unpadded grid, no window
+        partition); "folded": `FastVisionAttention` with the rel-pos bias folded into q/k
+        (flash SDPA) on partitioned windows; "masked": the bias materialised as an SDPA mask.
     """
 
-    def __init__(self, layer: SamVisionLayer, grid: int, *, fold_rel_pos: bool, upcast_norm: bool):
+    def __init__(
+        self, layer: SamVisionLayer, grid: int, *, attention: str = "folded", upcast_norm: bool
+    ):
         super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
         self.window_size = int(layer.window_size)
         norm = UpcastLayerNorm if upcast_norm else (lambda m: m)
         self.layer_norm1 = norm(layer.layer_norm1)
-        self.attn = FastVisionAttention(
-            layer.attn, self.window_size or grid, fold_rel_pos=fold_rel_pos
-        )
+        self.partition = attention != "kernel"
+        if self.partition:
+            self.attn = FastVisionAttention(
+                layer.attn, self.window_size or grid, fold_rel_pos=attention == "folded"
+            )
+        else:
+            self.attn = GridVisionAttention(layer.attn, grid, self.window_size)
         self.layer_norm2 = norm(layer.layer_norm2)
         self.mlp = layer.mlp
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm1(hidden_states)
-        if self.window_size > 0:
+        if self.partition and self.window_size > 0:
             size = (h.shape[1], h.shape[2])
             windows, padded = window_partition(h, self.window_size)
             h = window_unpartition(self.attn(windows), self.window_size, padded, size)
@@ -141,7 +155,7 @@ class FastVisionLayer(nn.Module):
 class FastVisionEncoder(nn.Module):
     """SAM's image encoder: (B, 3, 1024, 1024) float -> (B, 256, 64, 64) in the model dtype."""
 
-    def __init__(self, encoder: SamVisionEncoder, *, fold_rel_pos: bool, upcast_norm: bool):
+    def __init__(self, encoder: SamVisionEncoder, *, attention: str, upcast_norm: bool):
         super().__init__()
         cfg = encoder.config
         grid = cfg.image_size // cfg.patch_size
@@ -149,7 +163,7 @@ class FastVisionEncoder(nn.Module):
         self.patch_embed = encoder.patch_embed
         self.pos_embed = encoder.pos_embed  # (1, 64, 64, C) parameter, or None
         self.layers = nn.ModuleList(
-            FastVisionLayer(layer, grid, fold_rel_pos=fold_rel_pos, upcast_norm=upcast_norm)
+            FastVisionLayer(layer, grid, attention=attention, upcast_norm=upcast_norm)
             for layer in encoder.layers
         )
         # SAM's neck (SamVisionNeck: 1x1 conv, LN, 3x3 conv, LN, channels first), its modules
@@ -184,11 +198,11 @@ class FastSam(nn.Module):
     i.e. `SamModel(..., multimask_output=True)`'s pred_masks and iou_scores.
     """
 
-    def __init__(self, hf: SamModel, *, fold_rel_pos: bool, upcast_norm: bool):
+    def __init__(self, hf: SamModel, *, attention: str, upcast_norm: bool):
         super().__init__()
         self.precision_dtype = hf.vision_encoder.patch_embed.projection.weight.dtype
         self.vision_encoder = FastVisionEncoder(
-            hf.vision_encoder, fold_rel_pos=fold_rel_pos, upcast_norm=upcast_norm
+            hf.vision_encoder, attention=attention, upcast_norm=upcast_norm
         )
         self.prompt_encoder = hf.prompt_encoder
         self.mask_decoder = hf.mask_decoder
@@ -220,17 +234,22 @@ def build_fast_sam(
     model: SamModel,
     *,
     precision: str = "bf16",
-    fold_rel_pos: bool = True,
+    attention: str = "folded",
     fp8_linear: bool = False,
+    fp32_residual: bool | None = None,
 ) -> FastSam:
     """A `FastSam` (eval mode, no grads) with `model`'s weights, on `model`'s device.
 
     precision: "fp32" (weights shared with `model`, no copy), "fp16" or "bf16" (converted
         copies). `model` itself is never modified.
-    fold_rel_pos: fold the rel-pos bias into q/k (flash-eligible) instead of a mask.
+    attention: "folded" (rel-pos bias folded into q/k, flash SDPA), "kernel" (the Triton
+        kernel of `samrep.fast.triton_attention` on CUDA, its torch reference on the CPU) or
+        "masked" (bias as an SDPA mask, as transformers does). See `FastVisionLayer`.
     fp8_linear: the image encoder's linear layers (qkv, proj, MLP) in fp8 e4m3 with row-wise
         scales (per-tensor below sm90); needs precision "bf16" and a CUDA GPU with compute
         capability >= 8.9 (RuntimeError otherwise). An approximation, not the same math.
+    fp32_residual: keep the encoder's residual stream and its LayerNorms in fp32 while the
+        matmuls run in `precision` (default: on for fp16, where ViT-H overflows otherwise).
     Move the result with `.to(device)` only (not `.to(dtype)`): the precision is fixed here.
     """
     if precision not in DTYPES:
@@ -240,7 +259,9 @@ def build_fast_sam(
             raise ValueError(f"fp8_linear needs precision='bf16', got {precision!r}")
         check_fp8_supported()
     hf = converted_copy(model, DTYPES[precision]).eval()
-    fast = FastSam(hf, fold_rel_pos=fold_rel_pos, upcast_norm=precision == "fp16")
+    if fp32_residual is None:
+        fp32_residual = precision == "fp16"
+    fast = FastSam(hf, attention=attention, upcast_norm=bool(fp32_residual))
     if fp8_linear:
         swap_linears_to_fp8_(fast.vision_encoder, granularity=default_granularity())
     return fast.eval().requires_grad_(False)

@@ -7,7 +7,9 @@ Steps (cumulative):
   3 + torch.compile (default mode)
   4 + CUDA graph: the step-3 compiled module captured on a static batch with
       torch.cuda.CUDAGraph (no second compile); replay = copy inputs in + replay
-  5 + fp8 e4m3 linear layers in the image encoder (bf16 only), compiled + CUDA graph
+  5 + the Triton rel-pos attention kernel (`samrep.fast.triton_attention`): no window
+      partition, qkv on the unpadded grid, bias added in the kernel; compiled + CUDA graph
+  6 + fp8 e4m3 linear layers in the image encoder (bf16 only), compiled + CUDA graph
 
 Timing: per iteration, core = synchronize, forward, synchronize (time.perf_counter);
 img/s = bs * iters / sum(core). Every step's low-res mask logits are compared with step 0's.
@@ -33,6 +35,7 @@ STEP_NAMES = (
     "+ folded flash attention",
     "+ torch.compile",
     "+ cuda graphs",
+    "+ triton rel-pos attention kernel",
     "+ fp8 linear",
 )
 
@@ -107,6 +110,15 @@ def flash_attention_eligible(
     return result
 
 
+def _free(state: dict, *keys: str) -> None:
+    """Drop earlier steps' models and compiled callables (and their CUDA memory)."""
+    for key in keys:
+        state.pop(key, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _measure(
     fn: Callable[[], torch.Tensor], device: torch.device, bs: int, iters: int, warmup: int
 ) -> dict:
@@ -147,7 +159,7 @@ def optimisation_steps(
     device: str,
     iters: int,
     warmup: int,
-    steps: Sequence[int] = (0, 1, 2, 3, 4, 5),
+    steps: Sequence[int] = (0, 1, 2, 3, 4, 5, 6),
 ) -> list[dict]:
     """Measure the cumulative optimisation steps (module docstring) and return one dict each.
 
@@ -155,7 +167,7 @@ def optimisation_steps(
     pixel_values (N, 3, 1024, 1024), input_points (N, 1, 1, 2) pixel coords: sliced or tiled
         to batch `bs`.
     precision: "fp32" | "fp16" | "bf16"; device e.g. "cuda" (steps 4 and 5 need CUDA; on the
-        CPU run steps (0, 1, 2) only). steps: which steps to run (later ones build what they
+        CPU run steps (0, 1, 2) only; step 5's kernel needs CUDA and Triton). steps: which steps to run (later ones build what they
         need from earlier ones themselves).
     Each dict: step (int), name, img_per_s, ms_per_iter_mean, ms_per_iter_min,
     max_abs_diff (low-res logits vs step 0; None without step 0), mask_agreement (fraction
@@ -172,6 +184,7 @@ def optimisation_steps(
     pts = _batched(input_points, bs).to(dev, torch.float32)
     state: dict[str, object] = {}
     results: list[dict] = []
+    attention = "kernel" if 5 in steps else "folded"
     reference: torch.Tensor | None = None
 
     def hf_model():
@@ -228,16 +241,19 @@ def optimisation_steps(
                 raise RuntimeError("CUDA graphs need a CUDA device")
             return graphed("compiled", fast_model())
         if i == 5:
+            if dev.type != "cuda":
+                raise RuntimeError("the Triton attention kernel needs a CUDA device")
+            _free(state, "fast", "compiled", "hf")
+            kernel = build_fast_sam(model, precision=precision, attention="kernel").to(dev)
+            return graphed("compiled_kernel", kernel)
+        if i == 6:
             if precision != "bf16":
                 raise RuntimeError("fp8 linear is measured in bf16 only")
             if dev.type != "cuda":
                 raise RuntimeError("fp8 linear needs a CUDA device")
-            for key in ("fast", "compiled", "hf"):  # free the bf16 copies first
-                state.pop(key, None)
-            gc.collect()
-            torch.cuda.empty_cache()
-            fast8 = build_fast_sam(model, precision="bf16", fp8_linear=True).to(dev)
-            return graphed("compiled_fp8", fast8)
+            _free(state, "fast", "compiled", "compiled_kernel", "hf")
+            fast8 = build_fast_sam(model, precision="bf16", attention=attention, fp8_linear=True)
+            return graphed("compiled_fp8", fast8.to(dev))
         raise ValueError(f"unknown step {i}")
 
     for i in steps:

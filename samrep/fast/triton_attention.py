@@ -1,0 +1,351 @@
+"""SAM's windowed and global vision attention as one Triton flash-attention kernel.
+
+The folded path (`samrep.fast.attention`) makes SAM's attention flash-eligible by lengthening
+q and k (80 -> 112 dims in windowed blocks, 80 -> 208 in global ones) and padding v to the
+same length, and it needs the window partition, the padded qkv GEMM and the concatenations
+around it as separate memory-bound kernels. This kernel instead:
+
+* reads q, k and v straight from the qkv projection of the *unpadded* (B, 64, 64) token grid
+  (no window partition copy, and the qkv GEMM skips the 64 -> 70 window padding). A key that
+  falls in a window's zero padding is qkv(0) = the qkv bias, exactly what SAM attends to;
+* adds the decomposed rel-pos bias inside the kernel, logit[i, j] = scale * q_i . k_j +
+  rel_h[i, row(j)] + rel_w[i, col(j)], gathering the (N, window) rel_h/rel_w terms instead of
+  materialising an (N, N) bias or lengthening the vectors, so q.k and p.v stay 80-dim;
+* writes the output straight into the (B, 64, 64, heads, head_dim) layout that `proj` reads
+  (queries in the padding are never computed or written: SAM crops them).
+
+Softmax is the usual online (flash) softmax in fp32; q.k, p.v accumulate in fp32 on tensor
+cores from fp16/bf16 inputs. head_dim must be a power of two >= 16 or the sum of two (ViT-H:
+80 = 64 + 16), so every tl.dot has power-of-two shapes.
+
+`windowed_attention` runs the kernel; `reference_attention` is the same computation in plain
+torch (window partition, materialised bias, softmax), the oracle for tests. On a CPU the
+kernel runs only under Triton's interpreter (TRITON_INTERPRET=1, set before import).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU wheel of torch brings no Triton; callers check `available()`
+    triton = None
+
+
+def available() -> bool:
+    """Whether Triton imports (the kernel's only requirement besides a CUDA GPU)."""
+    return triton is not None
+
+
+def split_head_dim(head_dim: int) -> tuple[int, int]:
+    """head_dim as (d0, d1), d0 a power of two >= 16 and d1 a power of two >= 16 or 0.
+
+    ViT-H: 80 -> (64, 16). ValueError when no such split exists (the kernel cannot run).
+    """
+    d0 = 1 << (head_dim.bit_length() - 1)
+    d1 = head_dim - d0
+    if d0 < 16 or (d1 and (d1 < 16 or d1 & (d1 - 1))):
+        raise ValueError(
+            f"head_dim {head_dim} is not a power of two >= 16 or the sum of two such powers"
+        )
+    return d0, d1
+
+
+if triton is not None:
+
+    @triton.jit
+    def _relpos_attention_kernel(
+        qkv_ptr,  # (B, S, S, 3, H, D) contiguous: the qkv projection of the unpadded grid
+        bias_ptr,  # (3, H, D): the qkv bias, i.e. qkv of a zero (padding) token
+        relh_ptr,  # (B, H, S*S, G): rel_h[b, h, token, key_row]
+        relw_ptr,  # (B, H, S*S, G): rel_w[b, h, token, key_col]
+        out_ptr,  # (B, S, S, H, D) contiguous
+        scale,
+        H: tl.constexpr,
+        S: tl.constexpr,  # token grid side (64)
+        G: tl.constexpr,  # attention window side (14; S for global attention)
+        NWIN: tl.constexpr,  # windows per side, ceil(S / G)
+        D: tl.constexpr,
+        D0: tl.constexpr,
+        D1: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        pid = tl.program_id(1)  # ((b * NWIN + wy) * NWIN + wx) * H + h
+        h = pid % H
+        win = pid // H
+        wx = win % NWIN
+        wy = (win // NWIN) % NWIN
+        b = win // (NWIN * NWIN)
+        T: tl.constexpr = G * G  # tokens per (padded) window
+
+        # queries: window-local index i -> grid position (y, x); padding queries are skipped
+        i = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        qy = wy * G + i // G
+        qx = wx * G + i % G
+        q_ok = (i < T) & (qy < S) & (qx < S)
+        q_tok = tl.where(q_ok, qy * S + qx, 0)
+        row_stride = 3 * H * D
+        base = qkv_ptr + b.to(tl.int64) * S * S * row_stride + h * D
+        d0 = tl.arange(0, D0)
+        q_rows = base + q_tok[:, None] * row_stride
+        q0 = tl.load(q_rows + d0[None, :], mask=q_ok[:, None], other=0.0)
+        if D1 > 0:
+            d1 = D0 + tl.arange(0, D1)
+            q1 = tl.load(q_rows + d1[None, :], mask=q_ok[:, None], other=0.0)
+
+        rel_base = (b.to(tl.int64) * H + h) * S * S * G
+        relh_rows = relh_ptr + rel_base + q_tok[:, None] * G
+        relw_rows = relw_ptr + rel_base + q_tok[:, None] * G
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc0 = tl.zeros([BLOCK_M, D0], tl.float32)
+        if D1 > 0:
+            acc1 = tl.zeros([BLOCK_M, D1], tl.float32)
+        if HAS_BIAS:
+            bk0 = tl.load(bias_ptr + (H + h) * D + d0)
+            bv0 = tl.load(bias_ptr + (2 * H + h) * D + d0)
+            if D1 > 0:
+                bk1 = tl.load(bias_ptr + (H + h) * D + d1)
+                bv1 = tl.load(bias_ptr + (2 * H + h) * D + d1)
+        log2e = 1.4426950408889634
+
+        for start in range(0, T, BLOCK_N):
+            j = start + tl.arange(0, BLOCK_N)
+            ky = j // G
+            kx = j % G
+            gy = wy * G + ky
+            gx = wx * G + kx
+            k_in = j < T  # beyond the window: masked out
+            k_real = k_in & (gy < S) & (gx < S)  # inside the window and the image
+            k_pad = k_in & ((gy >= S) | (gx >= S))  # window padding: qkv(0) = bias
+            k_tok = tl.where(k_real, gy * S + gx, 0)
+            k_rows = base + k_tok[:, None] * row_stride
+            k0 = tl.load(k_rows + H * D + d0[None, :], mask=k_real[:, None], other=0.0)
+            v0 = tl.load(k_rows + 2 * H * D + d0[None, :], mask=k_real[:, None], other=0.0)
+            if HAS_BIAS:
+                k0 = tl.where(k_pad[:, None], bk0[None, :], k0)
+                v0 = tl.where(k_pad[:, None], bv0[None, :], v0)
+            s = tl.dot(q0, tl.trans(k0))
+            if D1 > 0:
+                k1 = tl.load(k_rows + H * D + d1[None, :], mask=k_real[:, None], other=0.0)
+                v1 = tl.load(k_rows + 2 * H * D + d1[None, :], mask=k_real[:, None], other=0.0)
+                if HAS_BIAS:
+                    k1 = tl.where(k_pad[:, None], bk1[None, :], k1)
+                    v1 = tl.where(k_pad[:, None], bv1[None, :], v1)
+                s += tl.dot(q1, tl.trans(k1))
+            both = q_ok[:, None] & k_in[None, :]
+            rel = tl.load(relh_rows + ky[None, :], mask=both, other=0.0).to(tl.float32)
+            rel += tl.load(relw_rows + kx[None, :], mask=both, other=0.0).to(tl.float32)
+            s = s * scale + rel
+            s = tl.where(k_in[None, :], s, float("-inf"))
+
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2((m_i - m_new) * log2e)
+            p = tl.exp2((s - m_new[:, None]) * log2e)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            p = p.to(v0.dtype)
+            acc0 = acc0 * alpha[:, None] + tl.dot(p, v0)
+            if D1 > 0:
+                acc1 = acc1 * alpha[:, None] + tl.dot(p, v1)
+            m_i = m_new
+
+        out_rows = out_ptr + b.to(tl.int64) * S * S * H * D + q_tok[:, None] * (H * D) + h * D
+        inv = 1.0 / tl.where(q_ok, l_i, 1.0)
+        tl.store(
+            out_rows + d0[None, :],
+            (acc0 * inv[:, None]).to(out_ptr.dtype.element_ty),
+            mask=q_ok[:, None],
+        )
+        if D1 > 0:
+            tl.store(
+                out_rows + d1[None, :],
+                (acc1 * inv[:, None]).to(out_ptr.dtype.element_ty),
+                mask=q_ok[:, None],
+            )
+
+
+def launch_config(window: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a `window` x `window` attention grid.
+
+    Windowed (196 tokens): 64 x 64 tiles (4 query blocks, the last one 4/64 full). Global
+    (4096 tokens): 128 x 64, 8 warps, as for flash attention at head_dim 64-128 on Hopper.
+    """
+    if window * window <= 256:
+        return 64, 64, 4, 2
+    return 128, 64, 8, 3
+
+
+def windowed_attention(
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    *,
+    num_heads: int,
+    window: int,
+    scale: float,
+    block: tuple[int, int, int, int] | None = None,
+) -> torch.Tensor:
+    """SAM vision attention over a square token grid, windowed (window < S) or global.
+
+    qkv: (B, S, S, 3 * heads * head_dim), the qkv projection of the unpadded grid, contiguous.
+    qkv_bias: (3 * heads * head_dim,) or None (then padding tokens project to zero).
+    rel_h, rel_w: (B, heads, S * S, window) contiguous, from `rel_terms`.
+    Returns (B, S, S, heads * head_dim) in qkv's dtype: the attention output before `proj`.
+    """
+    if triton is None:
+        raise RuntimeError("the Triton attention kernel needs the triton package")
+    b, s, s2, three_c = qkv.shape
+    head_dim = three_c // (3 * num_heads)
+    if s != s2 or three_c != 3 * num_heads * head_dim:
+        raise ValueError(f"qkv must be (B, S, S, 3*heads*head_dim), got {tuple(qkv.shape)}")
+    d0, d1 = split_head_dim(head_dim)
+    expected = (b, num_heads, s * s, window)
+    for name, t in (("rel_h", rel_h), ("rel_w", rel_w)):
+        if tuple(t.shape) != expected or not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous {expected}, got {tuple(t.shape)}")
+    qkv = qkv.contiguous()
+    out = torch.empty(b, s, s, num_heads * head_dim, dtype=qkv.dtype, device=qkv.device)
+    nwin = -(-s // window)
+    block_m, block_n, warps, stages = block or launch_config(window)
+    grid = (triton.cdiv(window * window, block_m), b * nwin * nwin * num_heads)
+    bias = qkv_bias if qkv_bias is not None else qkv.new_zeros(3 * num_heads * head_dim)
+    _relpos_attention_kernel[grid](
+        qkv,
+        bias.to(qkv.dtype).contiguous(),
+        rel_h,
+        rel_w,
+        out,
+        float(scale),
+        H=num_heads,
+        S=s,
+        G=window,
+        NWIN=nwin,
+        D=head_dim,
+        D0=d0,
+        D1=d1,
+        HAS_BIAS=qkv_bias is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=warps,
+        num_stages=stages,
+    )
+    return out
+
+
+def grid_tables(table: torch.Tensor, size: int) -> torch.Tensor:
+    """A window's rel-pos table (G, G, head_dim) repeated over a `size`-long grid axis.
+
+    Row y of the result is table[y % G]: the table of query row (or column) y's position in its
+    window. (size, G, head_dim); for global attention (G == size) the table itself.
+    """
+    g = table.shape[0]
+    return table[torch.arange(size, device=table.device) % g]
+
+
+def rel_terms(
+    q: torch.Tensor, grid_h: torch.Tensor, grid_w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's decomposed rel-pos terms for every token of the grid, in the kernel's layout.
+
+    q: (B, S, S, heads, head_dim) (a strided view of qkv is fine), unscaled as in SAM;
+    grid_h, grid_w: (S, G, head_dim) from `grid_tables`.
+    Returns rel_h, rel_w, each (B, heads, S * S, G) contiguous:
+    rel_h[b, n, y*S + x, r] = q[b, y, x, n] . grid_h[y, r]; rel_w likewise with grid_w[x, c].
+    """
+    b, s, _, heads, _ = q.shape
+    rel_h = torch.einsum("byxnc,ykc->bnyxk", q, grid_h)
+    rel_w = torch.einsum("byxnc,xkc->bnyxk", q, grid_w)
+    g = grid_h.shape[1]
+    return (
+        rel_h.reshape(b, heads, s * s, g).contiguous(),
+        rel_w.reshape(b, heads, s * s, g).contiguous(),
+    )
+
+
+def reference_attention(
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    *,
+    num_heads: int,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
+    """What `windowed_attention` computes, in plain torch and fp32 (the tests' oracle).
+
+    Pads the grid to whole windows with qkv(0) = qkv_bias tokens, partitions, materialises
+    the (T, T) logits with the rel-pos bias, softmaxes, crops. Same arguments and result.
+    """
+    b, s, _, three_c = qkv.shape
+    hd = three_c // (3 * num_heads)
+    g = window
+    sp = -(-s // g) * g
+    x = qkv.float()
+    pad = torch.zeros(three_c, dtype=torch.float32, device=qkv.device)
+    if qkv_bias is not None:
+        pad = qkv_bias.float()
+    full = pad.expand(b, sp, sp, three_c).clone()
+    full[:, :s, :s] = x
+    nw = sp // g
+    win = full.reshape(b, nw, g, nw, g, 3, num_heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
+    q, k, v = win.reshape(3, b, nw, nw, num_heads, g * g, hd).unbind(0)
+    logits = torch.einsum("bwvnic,bwvnjc->bwvnij", q, k) * scale
+
+    def padded_rel(t):  # (B, heads, S*S, G) -> (B, nw, nw, heads, T, G); padding queries: 0
+        grid = t.float().reshape(b, num_heads, s, s, g)
+        full_t = grid.new_zeros(b, num_heads, sp, sp, g)
+        full_t[:, :, :s, :s] = grid
+        return (
+            full_t.reshape(b, num_heads, nw, g, nw, g, g)
+            .permute(0, 2, 4, 1, 3, 5, 6)
+            .reshape(b, nw, nw, num_heads, g * g, g)
+        )
+
+    rh, rw = padded_rel(rel_h), padded_rel(rel_w)
+    key_row = torch.arange(g * g, device=qkv.device) // g
+    key_col = torch.arange(g * g, device=qkv.device) % g
+    logits = logits + rh[..., key_row] + rw[..., key_col]
+    out = torch.einsum("bwvnij,bwvnjc->bwvnic", F.softmax(logits, dim=-1), v)
+    out = out.reshape(b, nw, nw, num_heads, g, g, hd).permute(0, 1, 4, 2, 5, 3, 6)
+    return out.reshape(b, sp, sp, num_heads * hd)[:, :s, :s].to(qkv.dtype)
+
+
+@torch.library.custom_op("samrep::relpos_attention", mutates_args=())
+def relpos_attention(
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    num_heads: int,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
+    """`windowed_attention` as an opaque op for torch.compile and CUDA graphs.
+
+    Runs the Triton kernel on CUDA; on the CPU `reference_attention` (registered below), so the
+    module around it can be tested against transformers without a GPU.
+    """
+    return windowed_attention(
+        qkv, qkv_bias, rel_h, rel_w, num_heads=num_heads, window=window, scale=scale
+    )
+
+
+@relpos_attention.register_fake
+def _(qkv, qkv_bias, rel_h, rel_w, num_heads, window, scale):
+    return qkv.new_empty(*qkv.shape[:3], qkv.shape[3] // 3)
+
+
+@relpos_attention.register_kernel("cpu")
+def _(qkv, qkv_bias, rel_h, rel_w, num_heads, window, scale):
+    return reference_attention(
+        qkv, qkv_bias, rel_h, rel_w, num_heads=num_heads, window=window, scale=scale
+    )
