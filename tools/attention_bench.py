@@ -1,0 +1,82 @@
+"""Time one ViT-H attention layer's core on a GPU: the Triton kernel vs the folded SDPA path.
+
+Usage (on a GPU): python tools/attention_bench.py [--bs 16] > attention.txt
+For the windowed (14) and global (64) blocks of ViT-H (16 heads, head_dim 80, 64x64 tokens),
+bf16: ms per call (triton.testing.do_bench, median) of
+  kernel   samrep::relpos_attention on qkv of the unpadded grid (rel terms given)
+  folded   window partition + folded q/k + flash SDPA (samrep.fast.attention, attention only)
+  no-bias  plain SDPA at head_dim 80 without any rel-pos bias: a lower bound, not SAM's math
+and the kernel's max abs difference from the torch reference.
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+from samrep.fast import triton_attention as ta
+from samrep.fast.attention import key_position_onehot, round_up
+from samrep.fast.model import window_partition
+
+
+def bench_window(g: int, b: int) -> None:
+    """Print the three timings for window side `g` (14 or 64) at batch `b`."""
+    s, heads, hd, dt = 64, 16, 80, torch.bfloat16
+    qkv = torch.randn(b, s, s, 3 * heads * hd, device="cuda", dtype=dt)
+    bias = torch.randn(3 * heads * hd, device="cuda", dtype=dt)
+    rel_h = torch.randn(b, heads, s * s, g, device="cuda", dtype=dt)
+    rel_w = torch.randn_like(rel_h)
+    kw = dict(num_heads=heads, window=g, scale=hd**-0.5)
+
+    def kernel():
+        return ta.windowed_attention(qkv, bias, rel_h, rel_w, **kw)
+
+    # error on two images (the reference materialises fp32 logits: 4096^2 per head and image)
+    ref = ta.reference_attention(qkv[:2], bias, rel_h[:2], rel_w[:2], **kw).float()
+    err = kernel()[:2].float() - ref
+    # folded path: partition the padded grid, build q', k', padded v, flash SDPA
+    qk_dim = round_up(hd + 2 * g, 8)
+    extra = key_position_onehot(g, qk_dim - hd, dt).cuda()
+    n_win = b * (-(-s // g)) ** 2
+    rh = torch.randn(n_win, heads, g * g, g, device="cuda", dtype=dt)  # stands in for rel_h/w
+
+    def folded():
+        win, _ = window_partition(qkv, g) if g < s else (qkv, None)
+        n = win.shape[0]
+        t = win.reshape(n, g * g, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = t.unbind(0)
+        qf = F.pad(torch.cat([q * hd**-0.5, rh, rh], -1), (0, qk_dim - hd - 2 * g))
+        kf = torch.cat([k, extra.expand(n, heads, -1, -1)], -1)
+        vf = F.pad(v, (0, qk_dim - hd))
+        return F.scaled_dot_product_attention(qf, kf, vf, scale=1.0)[..., :hd]
+
+    def nobias():
+        win, _ = window_partition(qkv, g) if g < s else (qkv, None)
+        n = win.shape[0]
+        q, k, v = win.reshape(n, g * g, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    times = {
+        name: do_bench(fn)
+        for name, fn in (("kernel", kernel), ("folded", folded), ("no-bias", nobias))
+    }
+    print(
+        f"window {g:2d} bs {b}: "
+        + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
+        + f"; kernel max|diff| vs reference {err.abs().max().item():.2e}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bs", type=int, default=16)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    for g in (14, 64):
+        bench_window(g, args.bs)
+
+
+if __name__ == "__main__":
+    main()
