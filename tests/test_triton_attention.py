@@ -24,6 +24,7 @@ CASES = [
     (1, 20, 7, 2, 80, True, (16, 16, 4, 1)),  # windowed, padded windows, head_dim 64 + 16
     (2, 16, 16, 1, 32, True, None),  # global (G == S), 256 tokens, two query blocks
     (1, 9, 4, 2, 16, False, (16, 16, 4, 1)),  # no qkv bias: padding tokens project to zero
+    (1, 16, 16, 2, 80, True, (32, 16, 4, 1)),  # global, one key row per block (BLOCK_N == G)
 ]
 
 

@@ -19,8 +19,32 @@ from samrep.fast import triton_attention as ta
 from samrep.fast.attention import key_position_onehot, round_up
 from samrep.fast.model import window_partition
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by --sweep
+SWEEP = {
+    14: [
+        (64, 64, 4, 2),
+        (64, 32, 4, 2),
+        (32, 32, 4, 2),
+        (128, 64, 8, 2),
+        (64, 64, 4, 3),
+        (128, 32, 4, 2),
+        (256, 64, 8, 2),
+        (64, 16, 4, 2),
+    ],
+    64: [
+        (128, 64, 8, 3),
+        (128, 64, 8, 2),
+        (64, 64, 4, 3),
+        (128, 64, 4, 3),
+        (64, 64, 4, 2),
+        (256, 64, 8, 3),
+        (128, 64, 4, 2),
+        (128, 32, 8, 3),
+    ],
+}
 
-def bench_window(g: int, b: int) -> None:
+
+def bench_window(g: int, b: int, sweep: bool = False) -> None:
     """Print the three timings for window side `g` (14 or 64) at batch `b`."""
     s, heads, hd, dt = 64, 16, 80, torch.bfloat16
     qkv = torch.randn(b, s, s, 3 * heads * hd, device="cuda", dtype=dt)
@@ -61,6 +85,16 @@ def bench_window(g: int, b: int) -> None:
         name: do_bench(fn)
         for name, fn in (("kernel", kernel), ("folded", folded), ("no-bias", nobias))
     }
+    for block in SWEEP[g] if sweep else ():
+        try:
+            ms = do_bench(
+                lambda blk=block: ta.windowed_attention(qkv, bias, rel_h, rel_w, block=blk, **kw)
+            )
+            got = ta.windowed_attention(qkv[:2], bias, rel_h[:2], rel_w[:2], block=block, **kw)
+            diff = (got.float() - ref).abs().max().item()
+            print(f"  window {g} block {block}: {ms:.3f} ms, max|diff| {diff:.2e}", flush=True)
+        except Exception as exc:  # a config that does not compile (e.g. out of shared memory)
+            print(f"  window {g} block {block}: failed: {type(exc).__name__}: {str(exc)[:200]}")
     print(
         f"window {g:2d} bs {b}: "
         + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
@@ -72,10 +106,11 @@ def bench_window(g: int, b: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bs", type=int, default=16)
+    ap.add_argument("--sweep", action="store_true", help="also time the SWEEP block sizes")
     args = ap.parse_args()
     torch.manual_seed(0)
     for g in (14, 64):
-        bench_window(g, args.bs)
+        bench_window(g, args.bs, args.sweep)
 
 
 if __name__ == "__main__":

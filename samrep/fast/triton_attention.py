@@ -67,6 +67,7 @@ if triton is not None:
         H: tl.constexpr,
         S: tl.constexpr,  # token grid side (64)
         G: tl.constexpr,  # attention window side (14; S for global attention)
+        GP: tl.constexpr,  # G rounded up to a power of two >= 16
         NWIN: tl.constexpr,  # windows per side, ceil(S / G)
         D: tl.constexpr,
         D0: tl.constexpr,
@@ -83,6 +84,9 @@ if triton is not None:
         wy = (win // NWIN) % NWIN
         b = win // (NWIN * NWIN)
         T: tl.constexpr = G * G  # tokens per (padded) window
+        # Each key block is exactly one key row (global attention, BLOCK_N == G): the rel_h
+        # term is one column per block and the rel_w term the same tile for every block.
+        ROW_BLOCKS: tl.constexpr = BLOCK_N == G
 
         # queries: window-local index i -> grid position (y, x); padding queries are skipped
         i = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -100,8 +104,19 @@ if triton is not None:
             q1 = tl.load(q_rows + d1[None, :], mask=q_ok[:, None], other=0.0)
 
         rel_base = (b.to(tl.int64) * H + h) * S * S * G
-        relh_rows = relh_ptr + rel_base + q_tok[:, None] * G
-        relw_rows = relw_ptr + rel_base + q_tok[:, None] * G
+        relh_rows = relh_ptr + rel_base + q_tok * G  # (BLOCK_M,) row starts
+        relw_rows = relw_ptr + rel_base + q_tok * G
+        if ROW_BLOCKS:
+            c = tl.arange(0, BLOCK_N)
+            relw_tile = tl.load(relw_rows[:, None] + c[None, :], mask=q_ok[:, None], other=0.0)
+            relw_tile = relw_tile.to(tl.float32)
+        else:
+            # the bias as two small dots with one-hot matrices built in registers:
+            # rel_h[i, row(j)] = sum_r rel_h[i, r] * (r == row(j)), exact in fp32
+            r = tl.arange(0, GP)
+            r_ok = q_ok[:, None] & (r[None, :] < G)
+            relh_tile = tl.load(relh_rows[:, None] + r[None, :], mask=r_ok, other=0.0)
+            relw_tile = tl.load(relw_rows[:, None] + r[None, :], mask=r_ok, other=0.0)
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -140,10 +155,14 @@ if triton is not None:
                     k1 = tl.where(k_pad[:, None], bk1[None, :], k1)
                     v1 = tl.where(k_pad[:, None], bv1[None, :], v1)
                 s += tl.dot(q1, tl.trans(k1))
-            both = q_ok[:, None] & k_in[None, :]
-            rel = tl.load(relh_rows + ky[None, :], mask=both, other=0.0).to(tl.float32)
-            rel += tl.load(relw_rows + kx[None, :], mask=both, other=0.0).to(tl.float32)
-            s = s * scale + rel
+            s = s * scale
+            if ROW_BLOCKS:
+                col = tl.load(relh_rows + start // G, mask=q_ok, other=0.0).to(tl.float32)
+                s += relw_tile + col[:, None]
+            else:
+                onehot_h = (r[:, None] == ky[None, :]).to(relh_tile.dtype)
+                onehot_w = (r[:, None] == kx[None, :]).to(relw_tile.dtype)
+                s += tl.dot(relh_tile, onehot_h) + tl.dot(relw_tile, onehot_w)
             s = tl.where(k_in[None, :], s, float("-inf"))
 
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -227,6 +246,7 @@ def windowed_attention(
         H=num_heads,
         S=s,
         G=window,
+        GP=max(16, triton.next_power_of_2(window)),
         NWIN=nwin,
         D=head_dim,
         D0=d0,
