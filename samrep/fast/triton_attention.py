@@ -193,12 +193,14 @@ if triton is not None:
 def launch_config(window: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a `window` x `window` attention grid.
 
-    Windowed (196 tokens): 64 x 64 tiles (4 query blocks, the last one 4/64 full). Global
-    (4096 tokens): 128 x 64, 8 warps, as for flash attention at head_dim 64-128 on Hopper.
+    The fastest of a sweep on one H200 (bf16, batch 16, 16 heads, head_dim 80;
+    `tools/attention_bench.py --sweep`, reports/h200/attention_sweep.txt): windowed (196
+    tokens) 256 x 64 with 8 warps, one program per window and head, 0.87 ms per layer; global
+    (4096 tokens) 128 x 64 with 4 warps and 2 stages, 5.85 ms per layer.
     """
     if window * window <= 256:
-        return 64, 64, 4, 2
-    return 128, 64, 8, 3
+        return 256, 64, 8, 2
+    return 128, 64, 4, 2
 
 
 def windowed_attention(
