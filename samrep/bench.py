@@ -109,7 +109,7 @@ def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
     model, weights = load_params_model(params)
     flops = sam_flops(model.config, points_per_image=1, batch_size=bs)
     peak = params.peaks.get(precision)
-    todo = (0, 1, 2, 3, 4, 5, 6) if precision == "bf16" else (0, 1, 2, 3, 4, 5)
+    todo = (0, 1, 2, 3, 4, 5, 6, 7) if precision == "bf16" else (0, 1, 2, 3, 4, 5, 6)
     if params.device != "cuda":
         todo = (0, 1, 2)
     log(f"steps: {precision} bs{bs}, {iters} iterations per step")

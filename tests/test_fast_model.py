@@ -15,6 +15,7 @@ from samrep.fast import build_fast_sam, converted_copy
 from samrep.fast.model import (
     ATTENTION,
     FastVisionLayer,
+    PatchEmbedGemm,
     UpcastLayerNorm,
     window_partition,
     window_unpartition,
@@ -84,6 +85,18 @@ def _reference(model, batch: int):
         pixel_values, points = sample_inputs(batch, seed=batch)
         _REFERENCES[batch] = (pixel_values, points, *_run_hf(model, pixel_values, points))
     return _REFERENCES[batch]
+
+
+def test_patch_embed_gemm_matches_hf_conv(model):
+    patch_embed = model.vision_encoder.patch_embed
+    x = torch.randn(2, 3, 1024, 1024, generator=torch.Generator().manual_seed(4))
+    gemm = PatchEmbedGemm(patch_embed)
+    assert gemm.weight is patch_embed.projection.weight  # shared, not copied
+    with torch.no_grad():
+        expected, got = patch_embed(x), gemm(x)
+    assert got.shape == expected.shape == (2, 64, 64, 32)
+    # fp32, same products summed in another order: measured max |diff| ~1e-6
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_window_partition_matches_hf():

@@ -40,9 +40,11 @@ def test_split_head_dim():
 def test_grid_tables_repeat_window_rows():
     table = torch.randn(3, 3, 4)
     grid = ta.grid_tables(table, 7)
-    assert grid.shape == (7, 3, 4)
+    assert grid.shape == (7, 16, 4)  # 3 key positions zero-padded to rel_width(3) = 16
     for y in range(7):
-        assert torch.equal(grid[y], table[y % 3])
+        assert torch.equal(grid[y, :3], table[y % 3])
+    assert grid[:, 3:].abs().sum() == 0
+    assert [ta.rel_width(g) for g in (3, 14, 16, 17, 64)] == [16, 16, 16, 32, 64]
 
 
 def test_reference_padding_is_the_qkv_bias():
@@ -53,7 +55,7 @@ def test_reference_padding_is_the_qkv_bias():
     bias = torch.zeros(3 * heads * hd)
     bias[hd : 2 * hd] = 10.0  # padding keys align with every query
     bias[2 * hd :] = 7.0  # and carry the value 7
-    zeros = torch.zeros(1, heads, s * s, g)
+    zeros = torch.zeros(1, heads, s * s, ta.rel_width(g))
     out = ta.reference_attention(qkv, bias, zeros, zeros, num_heads=heads, window=g, scale=1.0)
     # window (0, 0) has no padding: all-zero v; window (1, 1) is mostly padding: ~7
     assert out[0, 0, 0].abs().max() == 0
@@ -70,8 +72,8 @@ def test_kernel_matches_reference_in_interpreter():
         for b, s, g, heads, hd, has_bias, block in {CASES!r}:
             qkv = torch.randn(b, s, s, 3 * heads * hd)
             bias = torch.randn(3 * heads * hd) if has_bias else None
-            rel_h = torch.randn(b, heads, s * s, g)
-            rel_w = torch.randn(b, heads, s * s, g)
+            rel_h = torch.randn(b, heads, s * s, ta.rel_width(g))
+            rel_w = torch.randn(b, heads, s * s, ta.rel_width(g))
             kw = dict(num_heads=heads, window=g, scale=hd ** -0.5)
             got = ta.windowed_attention(qkv, bias, rel_h, rel_w, block=block, **kw)
             want = ta.reference_attention(qkv, bias, rel_h, rel_w, **kw)
@@ -96,7 +98,7 @@ def test_kernel_matches_reference_on_gpu(dtype):
     for g in (14, 64):
         qkv = torch.randn(b, s, s, 3 * heads * hd, device="cuda", dtype=dtype)
         bias = torch.randn(3 * heads * hd, device="cuda", dtype=dtype)
-        rel_h = torch.randn(b, heads, s * s, g, device="cuda", dtype=dtype)
+        rel_h = torch.randn(b, heads, s * s, ta.rel_width(g), device="cuda", dtype=dtype)
         rel_w = torch.randn_like(rel_h)
         kw = dict(num_heads=heads, window=g, scale=hd**-0.5)
         got = ta.windowed_attention(qkv, bias, rel_h, rel_w, **kw).float()

@@ -49,7 +49,7 @@ def bench_window(g: int, b: int, sweep: bool = False) -> None:
     s, heads, hd, dt = 64, 16, 80, torch.bfloat16
     qkv = torch.randn(b, s, s, 3 * heads * hd, device="cuda", dtype=dt)
     bias = torch.randn(3 * heads * hd, device="cuda", dtype=dt)
-    rel_h = torch.randn(b, heads, s * s, g, device="cuda", dtype=dt)
+    rel_h = torch.randn(b, heads, s * s, ta.rel_width(g), device="cuda", dtype=dt)
     rel_w = torch.randn_like(rel_h)
     kw = dict(num_heads=heads, window=g, scale=hd**-0.5)
 

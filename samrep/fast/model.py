@@ -87,6 +87,35 @@ class UpcastLayerNorm(nn.Module):
         return y.permute(0, 3, 1, 2) if self.channels_first else y
 
 
+class PatchEmbedGemm(nn.Module):
+    """SAM's patch embedding (a 16x16 stride-16 conv) as one GEMM over unfolded patches.
+
+    Same weights and math: each output token is the conv kernel dotted with its 3x16x16
+    patch, flattened in the conv weight's (channel, row, column) order. cuDNN runs this conv
+    with a slow non-tensor-core kernel (7.5 ms per bf16 batch of 16 on an H200); as a GEMM
+    it is a (B*4096, 768) x (768, 1280) product. Shares the HF conv's parameters.
+    (B, 3, H, W) -> (B, H/16, W/16, hidden).
+    """
+
+    def __init__(self, patch_embed: nn.Module):
+        super().__init__()
+        conv = patch_embed.projection
+        self.weight, self.bias = conv.weight, conv.bias  # (hidden, 3, p, p), (hidden,)
+        self.patch = int(conv.kernel_size[0])
+        if (
+            tuple(conv.kernel_size) != tuple(conv.stride)
+            or conv.kernel_size[0] != conv.kernel_size[1]
+        ):
+            raise ValueError("PatchEmbedGemm needs a square conv with stride == kernel size")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = pixel_values.shape
+        p = self.patch
+        patches = pixel_values.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(b, h // p, w // p, c * p * p)
+        return F.linear(patches, self.weight.flatten(1), self.bias)
+
+
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """(B, H, W, C) -> (B * windows, window, window, C), zero-padding H, W up to multiples.
 
@@ -155,12 +184,16 @@ class FastVisionLayer(nn.Module):
 class FastVisionEncoder(nn.Module):
     """SAM's image encoder: (B, 3, 1024, 1024) float -> (B, 256, 64, 64) in the model dtype."""
 
-    def __init__(self, encoder: SamVisionEncoder, *, attention: str, upcast_norm: bool):
+    def __init__(
+        self, encoder: SamVisionEncoder, *, attention: str, upcast_norm: bool, patch_gemm: bool
+    ):
         super().__init__()
         cfg = encoder.config
         grid = cfg.image_size // cfg.patch_size
         self.upcast_norm = bool(upcast_norm)
-        self.patch_embed = encoder.patch_embed
+        self.patch_embed = (
+            PatchEmbedGemm(encoder.patch_embed) if patch_gemm else encoder.patch_embed
+        )
         self.pos_embed = encoder.pos_embed  # (1, 64, 64, C) parameter, or None
         self.layers = nn.ModuleList(
             FastVisionLayer(layer, grid, attention=attention, upcast_norm=upcast_norm)
@@ -175,7 +208,7 @@ class FastVisionEncoder(nn.Module):
         self.neck_norm2 = norm(encoder.neck.layer_norm2)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dtype = self.patch_embed.projection.weight.dtype
+        dtype = self.neck_conv1.weight.dtype
         hidden_states = self.patch_embed(pixel_values.to(dtype))
         if self.pos_embed is not None:
             hidden_states = hidden_states + self.pos_embed
@@ -198,11 +231,11 @@ class FastSam(nn.Module):
     i.e. `SamModel(..., multimask_output=True)`'s pred_masks and iou_scores.
     """
 
-    def __init__(self, hf: SamModel, *, attention: str, upcast_norm: bool):
+    def __init__(self, hf: SamModel, *, attention: str, upcast_norm: bool, patch_gemm: bool):
         super().__init__()
         self.precision_dtype = hf.vision_encoder.patch_embed.projection.weight.dtype
         self.vision_encoder = FastVisionEncoder(
-            hf.vision_encoder, attention=attention, upcast_norm=upcast_norm
+            hf.vision_encoder, attention=attention, upcast_norm=upcast_norm, patch_gemm=patch_gemm
         )
         self.prompt_encoder = hf.prompt_encoder
         self.mask_decoder = hf.mask_decoder
@@ -237,6 +270,7 @@ def build_fast_sam(
     attention: str = "folded",
     fp8_linear: bool = False,
     fp32_residual: bool | None = None,
+    patch_gemm: bool = True,
 ) -> FastSam:
     """A `FastSam` (eval mode, no grads) with `model`'s weights, on `model`'s device.
 
@@ -250,6 +284,7 @@ def build_fast_sam(
         capability >= 8.9 (RuntimeError otherwise). An approximation, not the same math.
     fp32_residual: keep the encoder's residual stream and its LayerNorms in fp32 while the
         matmuls run in `precision` (default: on for fp16, where ViT-H overflows otherwise).
+    patch_gemm: run the patch-embedding conv as a GEMM (`PatchEmbedGemm`).
     Move the result with `.to(device)` only (not `.to(dtype)`): the precision is fixed here.
     """
     if precision not in DTYPES:
@@ -261,7 +296,9 @@ def build_fast_sam(
     hf = converted_copy(model, DTYPES[precision]).eval()
     if fp32_residual is None:
         fp32_residual = precision == "fp16"
-    fast = FastSam(hf, attention=attention, upcast_norm=bool(fp32_residual))
+    fast = FastSam(
+        hf, attention=attention, upcast_norm=bool(fp32_residual), patch_gemm=bool(patch_gemm)
+    )
     if fp8_linear:
         swap_linears_to_fp8_(fast.vision_encoder, granularity=default_granularity())
     return fast.eval().requires_grad_(False)

@@ -9,7 +9,8 @@ Steps (cumulative):
       torch.cuda.CUDAGraph (no second compile); replay = copy inputs in + replay
   5 + the Triton rel-pos attention kernel (`samrep.fast.triton_attention`): no window
       partition, qkv on the unpadded grid, bias added in the kernel; compiled + CUDA graph
-  6 + fp8 e4m3 linear layers in the image encoder (bf16 only), compiled + CUDA graph
+  6 + the patch-embedding conv as one GEMM over unfolded patches (`PatchEmbedGemm`)
+  7 + fp8 e4m3 linear layers in the image encoder (bf16 only), compiled + CUDA graph
 
 Timing: per iteration, core = synchronize, forward, synchronize (time.perf_counter);
 img/s = bs * iters / sum(core). Every step's low-res mask logits are compared with step 0's.
@@ -36,6 +37,7 @@ STEP_NAMES = (
     "+ torch.compile",
     "+ cuda graphs",
     "+ triton rel-pos attention kernel",
+    "+ patch embedding as a gemm",
     "+ fp8 linear",
 )
 
@@ -159,7 +161,7 @@ def optimisation_steps(
     device: str,
     iters: int,
     warmup: int,
-    steps: Sequence[int] = (0, 1, 2, 3, 4, 5, 6),
+    steps: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7),
 ) -> list[dict]:
     """Measure the cumulative optimisation steps (module docstring) and return one dict each.
 
@@ -195,7 +197,7 @@ def optimisation_steps(
     def fast_model():
         if "fast" not in state:
             state.pop("hf", None)  # not needed any more: free its memory
-            state["fast"] = build_fast_sam(model, precision=precision).to(dev)
+            state["fast"] = build_fast_sam(model, precision=precision, patch_gemm=False).to(dev)
         return state["fast"]
 
     def hf_fn(hf):
@@ -244,15 +246,25 @@ def optimisation_steps(
             if dev.type != "cuda":
                 raise RuntimeError("the Triton attention kernel needs a CUDA device")
             _free(state, "fast", "compiled", "hf")
-            kernel = build_fast_sam(model, precision=precision, attention="kernel").to(dev)
-            return graphed("compiled_kernel", kernel)
+            kernel = build_fast_sam(
+                model, precision=precision, attention="kernel", patch_gemm=False
+            )
+            return graphed("compiled_kernel", kernel.to(dev))
         if i == 6:
+            if dev.type != "cuda":
+                raise RuntimeError("steps 4-7 are CUDA-graph steps: they need a CUDA device")
+            _free(state, "fast", "compiled", "compiled_kernel", "hf")
+            gemm = build_fast_sam(model, precision=precision, attention=attention, patch_gemm=True)
+            return graphed("compiled_patch", gemm.to(dev))
+        if i == 7:
             if precision != "bf16":
                 raise RuntimeError("fp8 linear is measured in bf16 only")
             if dev.type != "cuda":
                 raise RuntimeError("fp8 linear needs a CUDA device")
-            _free(state, "fast", "compiled", "compiled_kernel", "hf")
-            fast8 = build_fast_sam(model, precision="bf16", attention=attention, fp8_linear=True)
+            _free(state, "fast", "compiled", "compiled_kernel", "compiled_patch", "hf")
+            fast8 = build_fast_sam(
+                model, precision="bf16", attention=attention, fp8_linear=True, patch_gemm=6 in steps
+            )
             return graphed("compiled_fp8", fast8.to(dev))
         raise ValueError(f"unknown step {i}")
 

@@ -40,6 +40,13 @@ def available() -> bool:
     return triton is not None
 
 
+def rel_width(window: int) -> int:
+    """The padded width of the rel_h / rel_w terms: `window` rounded up to a power of two
+    >= 16 (14 -> 16, 64 -> 64). Zero columns beyond `window` keep the rel-term GEMM aligned
+    (cuBLAS runs a slow unaligned kernel at 14) and are never read by the kernel."""
+    return max(16, 1 << (window - 1).bit_length())
+
+
 def split_head_dim(head_dim: int) -> tuple[int, int]:
     """head_dim as (d0, d1), d0 a power of two >= 16 and d1 a power of two >= 16 or 0.
 
@@ -60,8 +67,8 @@ if triton is not None:
     def _relpos_attention_kernel(
         qkv_ptr,  # (B, S, S, 3, H, D) contiguous: the qkv projection of the unpadded grid
         bias_ptr,  # (3, H, D): the qkv bias, i.e. qkv of a zero (padding) token
-        relh_ptr,  # (B, H, S*S, G): rel_h[b, h, token, key_row]
-        relw_ptr,  # (B, H, S*S, G): rel_w[b, h, token, key_col]
+        relh_ptr,  # (B, H, S*S, GP): rel_h[b, h, token, key_row], columns >= G unused
+        relw_ptr,  # (B, H, S*S, GP): rel_w[b, h, token, key_col]
         out_ptr,  # (B, S, S, H, D) contiguous
         scale,
         H: tl.constexpr,
@@ -103,9 +110,9 @@ if triton is not None:
             d1 = D0 + tl.arange(0, D1)
             q1 = tl.load(q_rows + d1[None, :], mask=q_ok[:, None], other=0.0)
 
-        rel_base = (b.to(tl.int64) * H + h) * S * S * G
-        relh_rows = relh_ptr + rel_base + q_tok * G  # (BLOCK_M,) row starts
-        relw_rows = relw_ptr + rel_base + q_tok * G
+        rel_base = (b.to(tl.int64) * H + h) * S * S * GP
+        relh_rows = relh_ptr + rel_base + q_tok * GP  # (BLOCK_M,) row starts
+        relw_rows = relw_ptr + rel_base + q_tok * GP
         if ROW_BLOCKS:
             c = tl.arange(0, BLOCK_N)
             relw_tile = tl.load(relw_rows[:, None] + c[None, :], mask=q_ok[:, None], other=0.0)
@@ -218,7 +225,7 @@ def windowed_attention(
 
     qkv: (B, S, S, 3 * heads * head_dim), the qkv projection of the unpadded grid, contiguous.
     qkv_bias: (3 * heads * head_dim,) or None (then padding tokens project to zero).
-    rel_h, rel_w: (B, heads, S * S, window) contiguous, from `rel_terms`.
+    rel_h, rel_w: (B, heads, S * S, rel_width(window)) contiguous, from `rel_terms`.
     Returns (B, S, S, heads * head_dim) in qkv's dtype: the attention output before `proj`.
     """
     if triton is None:
@@ -228,7 +235,7 @@ def windowed_attention(
     if s != s2 or three_c != 3 * num_heads * head_dim:
         raise ValueError(f"qkv must be (B, S, S, 3*heads*head_dim), got {tuple(qkv.shape)}")
     d0, d1 = split_head_dim(head_dim)
-    expected = (b, num_heads, s * s, window)
+    expected = (b, num_heads, s * s, rel_width(window))
     for name, t in (("rel_h", rel_h), ("rel_w", rel_w)):
         if tuple(t.shape) != expected or not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous {expected}, got {tuple(t.shape)}")
@@ -248,7 +255,7 @@ def windowed_attention(
         H=num_heads,
         S=s,
         G=window,
-        GP=max(16, triton.next_power_of_2(window)),
+        GP=rel_width(window),
         NWIN=nwin,
         D=head_dim,
         D0=d0,
@@ -265,11 +272,13 @@ def windowed_attention(
 def grid_tables(table: torch.Tensor, size: int) -> torch.Tensor:
     """A window's rel-pos table (G, G, head_dim) repeated over a `size`-long grid axis.
 
-    Row y of the result is table[y % G]: the table of query row (or column) y's position in its
-    window. (size, G, head_dim); for global attention (G == size) the table itself.
+    Row y of the result is table[y % G] (the table of query row or column y's position in its
+    window), zero-padded from G to rel_width(G) key positions: (size, rel_width(G), head_dim).
+    For global attention (G == size) the table itself.
     """
     g = table.shape[0]
-    return table[torch.arange(size, device=table.device) % g]
+    grid = table[torch.arange(size, device=table.device) % g]
+    return F.pad(grid, (0, 0, 0, rel_width(g) - g))
 
 
 def rel_terms(
@@ -278,8 +287,8 @@ def rel_terms(
     """SAM's decomposed rel-pos terms for every token of the grid, in the kernel's layout.
 
     q: (B, S, S, heads, head_dim) (a strided view of qkv is fine), unscaled as in SAM;
-    grid_h, grid_w: (S, G, head_dim) from `grid_tables`.
-    Returns rel_h, rel_w, each (B, heads, S * S, G) contiguous:
+    grid_h, grid_w: (S, GP, head_dim) from `grid_tables` (GP = rel_width(G)).
+    Returns rel_h, rel_w, each (B, heads, S * S, GP) contiguous (columns >= G are zero):
     rel_h[b, n, y*S + x, r] = q[b, y, x, n] . grid_h[y, r]; rel_w likewise with grid_w[x, c].
     """
     b, s, _, heads, _ = q.shape
@@ -305,7 +314,8 @@ def reference_attention(
     """What `windowed_attention` computes, in plain torch and fp32 (the tests' oracle).
 
     Pads the grid to whole windows with qkv(0) = qkv_bias tokens, partitions, materialises
-    the (T, T) logits with the rel-pos bias, softmaxes, crops. Same arguments and result.
+    the (T, T) logits with the rel-pos bias, softmaxes, crops. Same arguments and result
+    (rel_h / rel_w may be G or rel_width(G) wide; only the first G columns count).
     """
     b, s, _, three_c = qkv.shape
     hd = three_c // (3 * num_heads)
@@ -322,8 +332,8 @@ def reference_attention(
     q, k, v = win.reshape(3, b, nw, nw, num_heads, g * g, hd).unbind(0)
     logits = torch.einsum("bwvnic,bwvnjc->bwvnij", q, k) * scale
 
-    def padded_rel(t):  # (B, heads, S*S, G) -> (B, nw, nw, heads, T, G); padding queries: 0
-        grid = t.float().reshape(b, num_heads, s, s, g)
+    def padded_rel(t):  # (B, heads, S*S, >=G) -> (B, nw, nw, heads, T, G); padding queries: 0
+        grid = t[..., :g].float().reshape(b, num_heads, s, s, g)
         full_t = grid.new_zeros(b, num_heads, sp, sp, g)
         full_t[:, :, :s, :s] = grid
         return (
