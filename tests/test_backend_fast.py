@@ -50,3 +50,22 @@ def test_fast_backend_refuses_fp8_without_a_gpu():
 def test_fast_backend_rejects_unknown_options(tmp_path):
     with pytest.raises(ValueError, match="unknown option 'modee'"):
         get_backend("fast")("cpu", "fp32", {"modee": "x"}, tmp_path)
+
+
+def test_fast_backend_attention_option(tiny_model, inputs, tmp_path):
+    from samrep.backends.fast import default_attention
+
+    # the kernel needs CUDA and 16-bit inputs; the CPU and fp32 get the folded path
+    assert default_attention(torch.device("cpu"), "bf16") == "folded"
+    assert default_attention(torch.device("cuda"), "fp32") == "folded"
+    fast = get_backend("fast")("cpu", "fp32", {"attention": "masked"}, tmp_path)
+    fast.build(tiny_model, inputs)
+    assert fast.attention == "masked" and fast.math_mode.endswith("attention: masked")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        get_backend("fast")("cpu", "fp32", {"attention": "flash"}, tmp_path).build(
+            tiny_model, inputs
+        )
+    with pytest.raises(BackendUnavailable, match="'kernel' needs a CUDA GPU"):
+        get_backend("fast")("cpu", "bf16", {"attention": "kernel"}, tmp_path).build(
+            tiny_model, inputs
+        )

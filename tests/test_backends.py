@@ -19,7 +19,7 @@ from samrep.errors import SamrepError
 from samrep.export import example_batch
 from samrep.metrics import postprocess_masks
 from samrep.model import synthetic_init_, tiny_config
-from tests.test_pipeline import safe_rmtree
+from tests.folders import safe_rmtree
 
 RESHAPED, ORIGINAL = (683, 1024), (1764, 2646)  # the car image's sizes
 ATOL = 1e-4

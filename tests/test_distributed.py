@@ -23,7 +23,8 @@ from samrep.distributed import (
     torchrun_command,
 )
 from samrep.errors import SamrepError
-from tests.test_pipeline import safe_rmtree, write_params
+from tests.folders import safe_rmtree
+from tests.test_pipeline import write_params
 
 ROW = {"phase": "infer", "backend": "torch", "precision": "fp32", "bs": 1}
 

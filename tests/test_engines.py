@@ -5,7 +5,8 @@ import json
 import pytest
 
 from samrep.config import load_params
-from tests.test_pipeline import safe_rmtree, write_params
+from tests.folders import safe_rmtree
+from tests.test_pipeline import write_params
 
 RUNS = [
     {"phase": "val", "backend": "torch", "precision": "fp32", "bs": 1},

@@ -21,7 +21,7 @@ from PIL import Image
 
 from samrep.cli import main
 from samrep.config import REPO_ROOT
-from tests.test_resume import safe_rmtree
+from tests.folders import safe_rmtree
 
 
 def write_params(tmp_path: Path, runs=None, model=None, top=None, **data) -> tuple[Path, dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import uuid
@@ -15,18 +14,7 @@ import yaml
 
 from samrep.config import REPO_ROOT, load_params
 from samrep.errors import SamrepError
-
-
-def safe_rmtree(path: Path) -> None:
-    """Remove a test's private folder; refuse anything but a child of data/ or build/.
-
-    (A cleanup that resolved to the repository itself once deleted a whole checkout.)
-    """
-    path = Path(path).resolve()
-    allowed = [(REPO_ROOT / "data").resolve(), (REPO_ROOT / "build").resolve()]
-    if not any(path.parent == a or a in path.parents for a in allowed) or path in allowed:
-        raise RuntimeError(f"refusing to delete {path}: not a test folder under data/ or build/")
-    shutil.rmtree(path, ignore_errors=True)
+from tests.folders import safe_rmtree
 
 
 def write_params(tmp_path: Path, runs=None, **data) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import yaml
 
 from samrep.config import REPO_ROOT, load_params
 from samrep.errors import SamrepError
+from tests.folders import is_test_folder, safe_rmtree
 
 ROW1 = "val-torch-fp32-bs1"
 ROW2 = "infer-torch-fp32-bs2"
@@ -33,22 +33,6 @@ RUNS = [
     {"phase": "val", "backend": "torch", "precision": "fp32", "bs": 1},
     {"phase": "infer", "backend": "torch", "precision": "fp32", "bs": 2},
 ]
-
-
-def safe_rmtree(path: Path) -> None:
-    """Remove a test's own folder, and only that: REPO_ROOT/data/pytest-* or build/pytest-*.
-
-    Anything else is left alone, whatever a test's params say (a bad-params case may name the
-    repository root itself as its report folder).
-    """
-    if is_test_folder(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def is_test_folder(path: Path) -> bool:
-    path = Path(path).resolve()
-    root = REPO_ROOT.resolve()
-    return path.parent in (root / "data", root / "build") and path.name.startswith("pytest-")
 
 
 def make_params(tmp_path: Path, runs=RUNS, name: str = "tiny.yaml", **data):

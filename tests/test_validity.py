@@ -12,7 +12,7 @@ import yaml
 
 from samrep.cli import main
 from samrep.config import REPO_ROOT, load_params
-from tests.test_resume import safe_rmtree
+from tests.folders import safe_rmtree
 
 ROW = "val-torch-fp32-bs2"
 

@@ -28,7 +28,7 @@ from samrep.backends.tensorrt import EngineIOError, TensorRTBackend, TensorSpec
 from samrep.backends.xtcl import XtclBackend
 from samrep.config import REPO_ROOT, load_params
 from samrep.errors import SamrepError
-from tests.test_pipeline import safe_rmtree
+from tests.folders import safe_rmtree
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 HAVE_TVM = importlib.util.find_spec("tvm") is not None
