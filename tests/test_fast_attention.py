@@ -100,3 +100,30 @@ def test_vit_h_attention_matches_hf(window_size, shape):
         expected = attn(x)[0]
         got = fast(x)
     torch.testing.assert_close(got, expected, atol=ATTN_ATOL_FP32, rtol=0)
+
+
+@pytest.mark.parametrize("config", [tiny_config, vit_h_config], ids=["tiny", "vit_h"])
+@pytest.mark.parametrize("window_size", [14, 0], ids=["windowed", "global"])
+def test_grid_attention_matches_hf(config, window_size):
+    """GridVisionAttention on the whole 64x64 grid vs HF attention on SAM's zero-padded
+    windows (partition -> attention -> unpartition, as SamVisionLayer does). On the CPU the
+    `samrep::relpos_attention` op runs its torch reference; the kernel itself is checked
+    against that reference in tests/test_triton_attention.py."""
+    from transformers.models.sam.modeling_sam import SamVisionLayer
+
+    from samrep.fast.attention import GridVisionAttention
+
+    vision = config().vision_config
+    attn = _attention(vision, window_size)
+    grid = GridVisionAttention(attn, 64, window_size)
+    x = torch.randn(1, 64, 64, vision.hidden_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        if window_size:
+            windows, padded = SamVisionLayer.window_partition(None, x, window_size)
+            expected = SamVisionLayer.window_unpartition(
+                None, attn(windows)[0], window_size, padded, (64, 64)
+            )
+        else:
+            expected = attn(x)[0]
+        got = grid(x)
+    torch.testing.assert_close(got, expected, atol=ATTN_ATOL_FP32, rtol=0)
