@@ -4,14 +4,20 @@
 what `model(pixel_values=..., input_points=..., multimask_output=True)` gives (pred_masks,
 iou_scores), up to floating-point rounding. What changes, in the image encoder only:
 
-* attention: `FastVisionAttention` (rel-pos bias folded into q/k, flash-eligible SDPA, rel-pos
-  tables gathered once into buffers);
+* attention (`attention=`): "kernel": `GridVisionAttention`, one Triton flash kernel per layer
+  over the unpadded 64x64 grid with SAM's rel-pos bias added in the kernel (no window
+  partition; `samrep.fast.triton_attention`); "folded": `FastVisionAttention` on partitioned
+  windows, the bias folded into q/k so SDPA's flash kernel runs; "masked": the bias as an SDPA
+  mask. Rel-pos tables are gathered once into buffers in every mode;
+* the patch-embedding conv as one GEMM (`PatchEmbedGemm`, `patch_gemm=`);
 * precision: weights and activations in fp32, fp16 or bf16. For fp16 the residual stream and
-  every LayerNorm run in fp32 (ViT-H in fp16 overflows there otherwise); matmuls stay fp16;
+  every LayerNorm run in fp32 (ViT-H in fp16 overflows there otherwise; `fp32_residual=`);
+  matmuls stay fp16;
 * optional fp8 e4m3 linear layers (`samrep.fast.fp8`, CUDA sm89+ only).
 
 Window padding keeps SAM's exact semantics: tokens are zero-padded 64 -> 70 a side after the
-first LayerNorm and are not masked (their keys/values are qkv(0) = the bias).
+first LayerNorm and are not masked (their keys/values are qkv(0) = the bias; the kernel
+substitutes the qkv bias for them instead of computing qkv on zeros).
 
 The prompt encoder and mask decoder are the transformers modules (copied); the image-wide
 positional embedding, which depends only on weights, is computed once at build time.
