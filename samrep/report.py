@@ -227,8 +227,22 @@ def rows_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def commits_label(records: list[dict]) -> str:
+    """Every code version the records come from, with its row count, e.g. "1de0b70 (14 rows),
+    b25e2ea (4 rows)" (rows re-measured later keep their own commit)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        commit = (r.get("environment") or {}).get("git_commit")
+        if commit:
+            counts[commit] = counts.get(commit, 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), "-")
+    return ", ".join(f"{c} ({n} row{'s' * (n != 1)})" for c, n in counts.items())
+
+
 def provenance(records: list[dict]) -> dict:
-    """What the report ran on: image, weights and environment of the first complete record."""
+    """What the report ran on: image, weights and environment of the first complete record;
+    git_commit names every commit among the records (`commits_label`)."""
     rec = next((r for r in records if r.get("environment")), records[0] if records else {})
     env = rec.get("environment", {})
     image = rec.get("image", {})
@@ -246,7 +260,7 @@ def provenance(records: list[dict]) -> dict:
         "cpu": env.get("cpu"),
         "torch": (env.get("versions") or {}).get("torch"),
         "transformers": (env.get("versions") or {}).get("transformers"),
-        "git_commit": env.get("git_commit"),
+        "git_commit": commits_label(records) if records else env.get("git_commit"),
     }
 
 

@@ -129,3 +129,16 @@ def test_summary_that_raises_renders_its_failed_copy(tmp_path, monkeypatch):
         assert (params.report_path / "99_summary.failed.ipynb").is_file()
     finally:
         cleanup(params)
+
+
+def test_report_names_every_commit_of_its_rows():
+    from samrep.report import commits_label, provenance
+
+    def rec(commit):
+        return {"environment": {"git_commit": commit, "device": "X"}}
+
+    assert commits_label([rec("aaa"), rec("aaa")]) == "aaa"
+    assert commits_label([]) == "-"
+    label = commits_label([rec("aaa"), rec("bbb"), rec("aaa")])
+    assert label == "aaa (2 rows), bbb (1 row)"
+    assert provenance([rec("aaa"), rec("bbb")])["git_commit"] == "aaa (1 row), bbb (1 row)"
