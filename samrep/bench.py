@@ -101,6 +101,7 @@ def _bench_distributed(params: HwParams, run: RunParams, launch) -> dict:
 
 def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
     """Time samrep.fast's cumulative optimisation steps; write reports/<hw>/steps.json."""
+    from samrep.evaluate import mask_scorer
     from samrep.fast.steps import optimisation_steps
     from samrep.groundtruth import load_ground_truth, load_params_model
 
@@ -113,6 +114,14 @@ def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
     if params.device != "cuda":
         todo = (0, 1, 2)
     log(f"steps: {precision} bs{bs}, {iters} iterations per step")
+
+    def score(logits):
+        """acc and IoU of one step's masks against the fp32 ground truth (the report's)."""
+        after_batch, scores, _ = mask_scorer(gt, logits.device)
+        after_batch(logits[:, 0], None)
+        result = scores.result()
+        return {"acc": result["acc"], "iou": result["iou"]}
+
     rows = optimisation_steps(
         model,
         gt.inputs.pixel_values,
@@ -123,6 +132,7 @@ def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
         iters=iters,
         warmup=3,
         steps=todo,
+        score=score,
     )
     for r in rows:
         if "img_per_s" in r:

@@ -599,6 +599,8 @@ def show_steps(params) -> None:
             "what": s["name"],
             "img/s": s.get("img_per_s"),
             "MFU [%]": 100 * s["mfu"] if s.get("mfu") is not None else None,
+            "acc": s.get("acc"),  # vs the fp32 ground truth (steps.json from before: absent)
+            "IoU": s.get("iou"),
             "max |logit diff| vs step 0": s.get("max_abs_diff"),
             "logit sign agreement vs step 0": s.get("mask_agreement"),
             "compile/capture [s]": s.get("compile_s"),

@@ -23,6 +23,7 @@ def test_steps_0_to_2_on_cpu():
         iters=1,
         warmup=0,
         steps=(0, 1, 2, 4),
+        score=lambda logits: {"acc": float(logits.shape[0]), "seen": tuple(logits.shape)},
     )
     assert [r["step"] for r in rows] == [0, 1, 2, 4]
     assert [r["name"] for r in rows] == [STEP_NAMES[i] for i in (0, 1, 2, 4)]
@@ -31,6 +32,8 @@ def test_steps_0_to_2_on_cpu():
         assert row["img_per_s"] > 0 and row["bs"] == 1 and row["compile_s"] == 0.0
         assert row["max_abs_diff"] <= STEP_ATOL_FP32 and row["mask_agreement"] >= 0.999
     assert rows[1]["max_abs_diff"] == 0.0
+    # each measured step's last logits went through `score`, and its dict into the row
+    assert all(r["seen"] == (1, 1, 3, 256, 256) and r["acc"] == 1.0 for r in rows[:3])
     # a step that cannot run becomes an error row, not an exception
     assert "CUDA" in rows[3]["error"]
 
@@ -39,3 +42,27 @@ def test_batched_slices_or_tiles():
     x = torch.arange(3).reshape(3, 1)
     assert _batched(x, 2).flatten().tolist() == [0, 1]
     assert _batched(x, 7).flatten().tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_steps_entry_point_scores_each_step(tmp_path):
+    """`python -m samrep steps` (samrep.bench.steps) on the tiny params: steps.json holds each
+    step's acc and IoU against the fp32 ground truth (fp32 on the CPU: the same masks)."""
+    import json
+
+    from samrep.bench import steps
+    from samrep.config import load_params
+    from samrep.groundtruth import run_ground_truth
+    from tests.folders import safe_rmtree
+    from tests.test_pipeline import write_params
+
+    params = load_params(str(write_params(tmp_path)))
+    try:
+        run_ground_truth(params)
+        steps(params, 1, "fp32", 1)
+        saved = json.loads((params.report_path / "steps.json").read_text())
+        assert [r["step"] for r in saved["steps"]] == [0, 1, 2]
+        for row in saved["steps"]:
+            assert row["acc"] >= 0.999 and row["iou"] >= 0.99, row
+    finally:
+        safe_rmtree(params.data_path)
+        safe_rmtree(params.report_path)

@@ -162,6 +162,7 @@ def optimisation_steps(
     iters: int,
     warmup: int,
     steps: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7),
+    score: Callable[[torch.Tensor], dict] | None = None,
 ) -> list[dict]:
     """Measure the cumulative optimisation steps (module docstring) and return one dict each.
 
@@ -177,6 +178,8 @@ def optimisation_steps(
     and/or graph capture; 0 for eager), first_call_s, peak_mem_gib (CUDA), flash_eligible
     (step 2 on CUDA: {folded head dim: the flash backend accepts it}), graph_breaks
     (compiled steps), bs, precision; or {"step", "name", "error", "traceback"}.
+    score: called with each step's last low-res logits (bs, 1, 3, 256, 256) float; the dict it
+        returns (e.g. acc and IoU against the ground truth) is merged into the step's row.
     """
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
@@ -289,6 +292,8 @@ def optimisation_steps(
                 row["mask_agreement"] = ((logits > 0) == (reference > 0)).float().mean().item()
             else:
                 row["max_abs_diff"] = row["mask_agreement"] = None
+            if score is not None:
+                row.update(score(logits))
             if dev.type == "cuda":
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
                 if i == 2:
