@@ -102,7 +102,15 @@ def test_vit_h_attention_matches_hf(window_size, shape):
     torch.testing.assert_close(got, expected, atol=ATTN_ATOL_FP32, rtol=0)
 
 
-@pytest.mark.parametrize("config", [tiny_config, vit_h_config], ids=["tiny", "vit_h"])
+def _tiny_no_qkv_bias():
+    config = tiny_config()
+    config.vision_config.qkv_bias = False  # padding tokens then project to zeros
+    return config
+
+
+@pytest.mark.parametrize(
+    "config", [tiny_config, vit_h_config, _tiny_no_qkv_bias], ids=["tiny", "vit_h", "no_bias"]
+)
 @pytest.mark.parametrize("window_size", [14, 0], ids=["windowed", "global"])
 def test_grid_attention_matches_hf(config, window_size):
     """GridVisionAttention on the whole 64x64 grid vs HF attention on SAM's zero-padded

@@ -65,21 +65,22 @@ def bench_window(g: int, b: int, sweep: bool = False) -> None:
     n_win = b * (-(-s // g)) ** 2
     rh = torch.randn(n_win, heads, g * g, g, device="cuda", dtype=dt)  # stands in for rel_h/w
 
-    def folded():
-        win, _ = window_partition(qkv, g) if g < s else (qkv, None)
+    def windows():
+        """q, k, v of every (zero-padded) window: (windows, heads, g*g, hd) each."""
+        win = window_partition(qkv, g)[0] if g < s else qkv
         n = win.shape[0]
-        t = win.reshape(n, g * g, 3, heads, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = t.unbind(0)
+        return win.reshape(n, g * g, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def folded():
+        q, k, v = windows()
+        n = q.shape[0]
         qf = F.pad(torch.cat([q * hd**-0.5, rh, rh], -1), (0, qk_dim - hd - 2 * g))
         kf = torch.cat([k, extra.expand(n, heads, -1, -1)], -1)
         vf = F.pad(v, (0, qk_dim - hd))
         return F.scaled_dot_product_attention(qf, kf, vf, scale=1.0)[..., :hd]
 
     def nobias():
-        win, _ = window_partition(qkv, g) if g < s else (qkv, None)
-        n = win.shape[0]
-        q, k, v = win.reshape(n, g * g, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(*windows())
 
     times = {
         name: do_bench(fn)

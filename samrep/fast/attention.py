@@ -169,6 +169,11 @@ class GridVisionAttention(nn.Module):
         table_h, table_w = rel_pos_tables(attn, self.window)
         self.register_buffer("grid_h", grid_tables(table_h, self.size), persistent=False)
         self.register_buffer("grid_w", grid_tables(table_w, self.size), persistent=False)
+        # the op takes the qkv bias (what a padding token projects to); without one, zeros
+        weight = attn.qkv.weight
+        zeros = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+        bias = None if attn.qkv.bias is not None else zeros
+        self.register_buffer("zero_bias", bias, persistent=False)
 
     def extra_repr(self) -> str:
         return (
@@ -185,12 +190,9 @@ class GridVisionAttention(nn.Module):
         qkv = self.qkv(hidden_states)  # (B, S, S, 3 * hidden)
         q = qkv.unflatten(-1, (3, self.num_heads, self.head_dim))[..., 0, :, :]
         rel_h, rel_w = rel_terms(q, self.grid_h, self.grid_w)
-        bias = self.qkv.bias
-        if bias is None:
-            bias = qkv.new_zeros(qkv.shape[-1])
         out = relpos_attention(
-            qkv.contiguous(),
-            bias.to(qkv.dtype),
+            qkv,
+            self.qkv.bias if self.zero_bias is None else self.zero_bias,
             rel_h,
             rel_w,
             self.num_heads,
