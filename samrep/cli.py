@@ -1,159 +1,160 @@
-"""Command line: `python -m samrep <stage> --hw <hw>` runs every stage without Jupyter."""
+"""Command line: `python -m samrep <stage> --hw <hw>` runs every stage without Jupyter.
+
+Exit codes: 0 done; 1 a row or stage failed (named on stderr); 2 bad input (one line naming the
+file, key or path, before anything is written); 130 interrupted (Ctrl-C). An unexpected error is
+one line naming its type and where; SAMREP_DEBUG=1 shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from samrep.errors import SamrepError
 
-HELP = """stages:
-  groundtruth   fp32 CPU reference masks -> data_dir/sam_gt_{0,1,2}.pt + manifest.json
-  export        ONNX export of every infer row that builds from ONNX (cached) -> export.json
-  build         build every infer row's persistent engine (cached) -> build.json
-  evaluate      every row of params/<hw>.yaml -> reports/<hw>/results/<row>.json
-  summary       print the metrics table of reports/<hw>/results
-  report        the whole chain with papermill + nbconvert -> reports/<hw>/index.html
-  bench         one configuration, printed: p_infer_core, MFU, acc, IoU, peak memory
-  steps         the fast backend's optimisation steps, one on top of the other -> steps.json
-"""
+STAGES = {
+    "groundtruth": "fp32 CPU reference masks -> data/<hw>/sam_gt_{0,1,2}.pt + manifest.json",
+    "export": "ONNX export of every infer row that builds from ONNX (cached) -> export.json",
+    "build": "build every infer row's persistent engine (cached) -> build.json",
+    "evaluate": "every row of params/<hw>.yaml -> reports/<hw>/results/<row>.json",
+    "summary": "print the metrics table of reports/<hw>/results",
+    "report": "the whole chain with papermill + nbconvert -> reports/<hw>/index.html",
+    "bench": "one configuration, printed: p_infer_core, latency, MFU, acc, IoU, memory, energy",
+    "steps": "the fast backend's optimisation steps, one on top of the other -> steps.json",
+}
+
+
+def _count(low: int, high: int):
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer from {low} to {high}, got {text!r}"
+            )
+        return int(text)
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other bad input
+        raise SamrepError(f"{self.prog}: {message}")
+
+
+def parser() -> argparse.ArgumentParser:
+    epilog = "stages:\n" + "\n".join(f"  {k:<12} {v}" for k, v in STAGES.items())
+    epilog += "\n\nexit codes: 0 ok, 1 rows/stages failed, 2 bad input, 130 interrupted"
+    top = _Parser(
+        prog="python -m samrep",
+        description="samrep: SAM ViT-H inference benchmark",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = top.add_subparsers(dest="stage", required=True, metavar="stage", parser_class=_Parser)
+    for name, text in STAGES.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument(
+            "--hw", default="cpu", help="a params/<hw>.yaml name, or auto (default: cpu)"
+        )
+        if name in ("groundtruth", "export", "build", "evaluate", "report"):
+            p.add_argument("--force", action="store_true", help="redo what is already done")
+    sub.choices["evaluate"].add_argument(
+        "--only", nargs="+", metavar="ROW", help="row keys, e.g. val-torch-fp32-bs1"
+    )
+    b = sub.choices["bench"]
+    b.add_argument("--backend", required=True, help="a backend name, e.g. torch, fast")
+    b.add_argument("--precision", required=True, choices=("fp32", "tf32", "fp16", "bf16", "fp8"))
+    b.add_argument("--bs", type=_count(1, 4096), required=True, help="batch size")
+    b.add_argument("--phase", default="infer", choices=("val", "infer"))
+    b.add_argument("--repeats", type=_count(1, 100), help="measurements after one build")
+    b.add_argument("--world-size", help="processes (GPUs) on this host: N or auto")
+    s = sub.choices["steps"]
+    s.add_argument("--bs", type=_count(1, 4096), default=16, help="batch size (default 16)")
+    s.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16"))
+    s.add_argument("--iters", type=_count(1, 100_000), default=20, help="timed iterations per step")
+    return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m samrep",
-        description="samrep: SAM ViT-H inference benchmark",
-        epilog=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="stage")
-    for name, text in (
-        ("groundtruth", "make the fp32 CPU ground truth"),
-        ("export", "export the ONNX graphs the engines build from"),
-        ("build", "build the engines that persist (TensorRT, ONNX Runtime)"),
-        ("evaluate", "measure every configured row"),
-        ("summary", "print the metrics table"),
-        ("report", "run the notebooks and render the HTML report"),
-    ):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--hw", default="cpu", help="params/<hw>.yaml to use (default: cpu)")
-        if name != "summary":
-            p.add_argument("--force", action="store_true", help="redo finished stages/rows")
-        if name == "evaluate":
-            p.add_argument(
-                "--only", nargs="+", metavar="ROW", help="row keys, e.g. val-torch-fp32-bs1"
-            )
-    bench = sub.add_parser("bench", help="measure one configuration and print it")
-    bench.add_argument("--hw", default="cpu", help="params/<hw>.yaml (peaks, data, model)")
-    bench.add_argument("--backend", required=True, help="a backend name, e.g. torch, fast")
-    bench.add_argument("--precision", required=True, help="fp32, tf32, fp16, bf16 or fp8")
-    bench.add_argument("--bs", type=int, required=True, help="batch size")
-    bench.add_argument("--phase", default="infer", choices=("val", "infer"))
-    bench.add_argument(
-        "--repeats", type=int, help="measurements after one build (default: data.measure_repeats)"
-    )
-    dist = bench.add_argument_group(
-        "several GPUs (torchrun; see README 'Several GPUs: torchrun')",
-        "processes per host and torchrun's rendezvous options, passed through as they are",
-    )
-    dist.add_argument(
-        "--world-size", help="processes (GPUs) on this host: N or auto (default: the params')"
-    )
-    dist.add_argument("--nnodes", help="torchrun --nnodes (hosts, e.g. 2 or 1:4)")
-    dist.add_argument("--node-rank", type=int, help="torchrun --node-rank")
-    dist.add_argument("--rdzv-backend", help="torchrun --rdzv-backend (e.g. c10d)")
-    dist.add_argument("--rdzv-endpoint", help="torchrun --rdzv-endpoint (host:port)")
-    dist.add_argument("--rdzv-id", help="torchrun --rdzv-id")
-    dist.add_argument("--rdzv-conf", help="torchrun --rdzv-conf (key=value,...)")
-    steps = sub.add_parser("steps", help="time the fast backend's optimisation steps")
-    steps.add_argument("--hw", default="cpu", help="params/<hw>.yaml")
-    steps.add_argument("--bs", type=int, default=16, help="batch size (default 16)")
-    steps.add_argument("--precision", default="bf16", help="fp32, fp16 or bf16 (default bf16)")
-    steps.add_argument("--iters", type=int, default=20, help="timed iterations per step")
-    args = parser.parse_args(argv)
     try:
-        return _run(args)
+        return _run(parser().parse_args(argv))
     except SamrepError as exc:
         print(f"samrep: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("samrep: interrupted", file=sys.stderr)
+        print(
+            "samrep: interrupted; the row in flight was not recorded (rerun to resume)",
+            file=sys.stderr,
+        )
         return 130
+    except Exception as exc:  # the last resort: one line, the traceback only when asked for
+        if os.environ.get("SAMREP_DEBUG") == "1":
+            traceback.print_exc()
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(
+            f"samrep: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            f"(at {os.path.basename(where.filename)}:{where.lineno}; SAMREP_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _failed(what: str, keys: list[str]) -> int:
+    if keys:
+        print(f"samrep: {what} failed: {', '.join(keys)}", file=sys.stderr)
+    return 1 if keys else 0
 
 
 def _run(args) -> int:
-    from samrep.config import load_params
+    from samrep.config import RunParams, load_params
 
+    if args.hw == "auto":
+        from samrep.gpus import auto_hw
+
+        args.hw = auto_hw()
     if args.stage == "report":
         from samrep.pipeline import run_report
 
         outcome = run_report(args.hw, force=args.force)
         print(outcome.page)
-        if outcome.failed:
-            print(f"samrep: report rendered; {outcome.failure_message()}", file=sys.stderr)
-            return 1
-        return 0
+        return _failed("stages", list(outcome.failed_stages)) or _failed(
+            "rows", outcome.failed_rows
+        )
     params = load_params(args.hw)
-    if args.stage == "bench":
+    from samrep import stages
+
+    if args.stage == "groundtruth":
+        stages.groundtruth(params, force=args.force)
+    elif args.stage in ("export", "build"):
+        entries = stages.engines(params, args.stage, force=args.force)
+        return _failed(args.stage, [e["row"] for e in entries if e["status"] == "failed"])
+    elif args.stage == "evaluate":
+        records = stages.evaluate(params, force=args.force, only=args.only)
+        return _failed("rows", [r.key for r in records if r.status == "failed"])
+    elif args.stage == "summary":
+        from samrep.tables import load_records, spec_table
+
+        records, problems = load_records(params.report_path / "results")
+        print(spec_table(records).to_string(index=False))
+        for line in problems:
+            print(f"samrep: {line}", file=sys.stderr)
+    elif args.stage == "bench":
         from samrep.bench import bench
 
-        params, launch = _launch(args, params)
-        record = bench(
-            params, args.backend, args.precision, args.bs, args.phase, launch, args.repeats
+        if args.world_size is not None:
+            ws = args.world_size if args.world_size == "auto" else _count(1, 1024)(args.world_size)
+            params = params.model_copy(update={"world_size": ws})
+        run = RunParams(
+            backend=args.backend, precision=args.precision, bs=args.bs, phase=args.phase
         )
-        return 0 if record["status"] == "ok" else 1
-    if args.stage == "steps":
+        if run.bs > params.data.datasize:
+            raise SamrepError(
+                f"--bs: {run.bs} is larger than data.datasize {params.data.datasize} of {params.path}"
+            )
+        return 0 if bench(params, run, args.repeats).status == "ok" else 1
+    elif args.stage == "steps":
         from samrep.bench import steps
 
         steps(params, args.bs, args.precision, args.iters)
-        return 0
-    if args.stage in ("export", "build"):
-        from samrep import engines
-
-        stage = engines.export_stage if args.stage == "export" else engines.build_stage
-        entries = stage(params, force=args.force)
-        failed = [e["row"] for e in entries if e["status"] == "failed"]
-        if failed:
-            print(f"samrep: {args.stage} failed for: {', '.join(failed)}", file=sys.stderr)
-            return 1
-        return 0
-    if args.stage == "groundtruth":
-        from samrep.groundtruth import run_ground_truth
-
-        run_ground_truth(params, force=args.force)
-    elif args.stage == "evaluate":
-        from samrep.evaluate import run_evaluation
-
-        records = run_evaluation(params, force=args.force, only=args.only)
-        failed = [r["key"] for r in records if r["status"] == "failed"]
-        if failed:
-            print(f"samrep: failed rows: {', '.join(failed)}", file=sys.stderr)
-            return 1
-    elif args.stage == "summary":
-        import pandas as pd
-
-        from samrep.report import spec_table
-        from samrep.results import current_records
-
-        with pd.option_context("display.max_columns", None, "display.width", 250):
-            print(spec_table(current_records(params)).to_string(index=False))
     return 0
-
-
-def _launch(args, params):
-    """(params, launch) of bench: --world-size overrides the params'; the rendezvous options
-    make a torchrun launch (launch None: the params' world size decides)."""
-    import dataclasses
-
-    from samrep.config import parse_world_size
-    from samrep.distributed import Launch, resolve_world_size
-
-    if args.world_size is not None:
-        ws = parse_world_size(args.world_size, "--world-size")
-        params = dataclasses.replace(params, world_size=ws)
-    rdzv = {
-        k: getattr(args, k)
-        for k in ("nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "rdzv_conf")
-        if getattr(args, k) is not None
-    }
-    return params, (Launch(resolve_world_size(params), **rdzv) if rdzv else None)

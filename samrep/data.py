@@ -9,7 +9,6 @@ on her jacket; every result then names the image it used.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image
 from samrep.errors import SamrepError
 from samrep.hub import hub_reachable, offline_mode
 from samrep.progress import log
+from samrep.store import sha256_file
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,6 @@ class Sample:
         return d
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # Smallest side an image may have: below it the pixel-agreement metric has almost no pixels.
 MIN_IMAGE_SIDE = 16
 # PIL modes of more than 8 bits per channel: PIL's RGB conversion clips them (I;16 -> white).
@@ -86,7 +78,7 @@ def open_image(path: Path, spec: ImageSpec, expected_sha256: str | None) -> Samp
     """Open and check an image: checksum, decodability, RGB conversion, size, point inside."""
     if not Path(path).is_file():
         raise SamrepError(f"{path}: image file not found")
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if expected_sha256 and digest != expected_sha256:
         raise SamrepError(
             f"{path}: sha256 {digest} does not match the pinned {expected_sha256} for {spec.name}"

@@ -1,18 +1,16 @@
 """Ground-truth stage: the HF docs example on the CPU in fp32 -> 3 boolean masks.
 
 Writes into `data_dir`: `sam_gt_0.pt`..`sam_gt_2.pt` (bool (H, W) at the original image size,
-ordered from the smallest mask to the largest), `inputs.pt` (the preprocessed sample every later
-stage uses), and `manifest.json` last, so a manifest on disk means the stage finished.
+smallest mask first), `inputs.pt` (the preprocessed sample every later stage uses),
+`reference.pt` (fp32 image embeddings (1, 256, 64, 64) and low-res mask logits (1, 3, 256, 256),
+the fidelity references), and `manifest.json` last, so a manifest on disk means it finished.
+Its stamp names only what it depends on: the image, the point, the weights and this code.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -21,12 +19,21 @@ from samrep.data import ModelInputs, load_params_sample, preprocess
 from samrep.errors import SamrepError
 from samrep.faults import checkpoint
 from samrep.metrics import postprocess_masks
-from samrep.model import WeightsInfo, load_model
+from samrep.model import load_model
 from samrep.progress import log
-from samrep.results import atomic_write_bytes, atomic_write_json
+from samrep.store import (
+    code_digest,
+    digest,
+    read_json,
+    remove,
+    save_tensors,
+    sha256_file,
+    write_json,
+)
 
 NUM_MASKS = 3
 MANIFEST = "manifest.json"
+CODE = ("groundtruth", "data", "metrics", "model")  # the code the ground truth depends on
 
 
 @dataclass
@@ -37,81 +44,67 @@ class GroundTruth:
     order: list[int]
     inputs: ModelInputs
     manifest: dict
-    # file name -> whether its sha256 matches the manifest's (empty: the manifest has none)
-    files_match: dict = field(default_factory=dict)
-
-
-def _save_tensor(path: Path, obj) -> str:
-    """Save atomically; returns the file's sha256 (kept in the manifest)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return hashlib.sha256(buf.getvalue()).hexdigest()
-
-
-def weights_cache(params: HwParams) -> Path:
-    return params.data_path / "weights"
+    ref_embeddings: torch.Tensor | None = None  # (1, 256, 64, 64) fp32
+    ref_logits: torch.Tensor | None = None  # (1, 3, 256, 256) fp32, model output order
+    files_match: dict = field(default_factory=dict)  # file -> sha256 matches the manifest
 
 
 def load_params_model(params: HwParams):
-    """The model and its WeightsInfo for these params (synthetic weights cached in data_dir)."""
-    m = params.model
-    local = params.weights_path  # a local folder, resolved from the repo root (inside data_dir)
+    """The fp32 CPU model and its WeightsInfo (synthetic weights cached in data_dir/weights)."""
+    m, local = params.model, params.weights_path
     return load_model(
-        str(local) if local is not None else m.weights,
+        str(local) if local else m.weights,
         m.arch,
         m.allow_synthetic,
         m.seed,
-        weights_cache(params),
+        params.data_path / "weights",
         m.attn_implementation,
     )
 
 
-def reference_masks(model, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 CPU forward, multimask -> (masks (3, H, W) bool in model order, iou_scores (3,))."""
-    with torch.inference_mode():
-        out = model(
-            pixel_values=inputs.pixel_values,
-            input_points=inputs.input_points,
-            multimask_output=True,
-        )
-    masks = postprocess_masks(out.pred_masks[:, 0], inputs.reshaped_size, inputs.original_size)
-    return masks[0], out.iou_scores[0, 0]
+def stamp(image_sha256: str, weights_sha256: str, point) -> dict:
+    return {
+        "image": image_sha256,
+        "weights": weights_sha256,
+        "point": list(point),
+        "code": code_digest(*CODE),
+    }
 
 
 def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
-    """Make (or reuse) the ground truth of `params`."""
+    """Make (or reuse, when its stamp holds) the ground truth of `params`."""
     data_dir = params.data_path
     sample = load_params_sample(params)
     model, weights = load_params_model(params)
-    stamp = _stamp(sample.sha256, weights, params)
-    manifest_path = data_dir / MANIFEST
-    if manifest_path.is_file() and not force:
-        old = json.loads(manifest_path.read_text())
-        if old.get("stamp") == stamp:
-            log(f"ground truth: reusing {data_dir} (same image, weights and point)")
-            return load_ground_truth(params)
-        log("ground truth: stale (image, weights or point changed); recomputing")
-
+    now = digest(stamp(sample.sha256, weights.sha256, sample.spec.point))
+    if (data_dir / MANIFEST).is_file() and not force:
+        if read_json(data_dir / MANIFEST, "manifest").get("stamp") == now:
+            gt = load_ground_truth(params)
+            if all(gt.files_match.values()):
+                log(f"ground truth: reusing {data_dir} (same image, point, weights and code)")
+                return gt
+        log("ground truth: stale or damaged; recomputing")
     log(f"ground truth: {sample.spec.name}, point {sample.spec.point}, fp32 on the CPU")
     t0 = time.perf_counter()
     inputs = preprocess(sample)
-    masks, iou_scores = reference_masks(model, inputs)
-    areas = masks.flatten(1).sum(1)
-    numel = masks[0].numel()
+    with torch.inference_mode():
+        emb = model.get_image_embeddings(inputs.pixel_values)
+        out = model(image_embeddings=emb, input_points=inputs.input_points, multimask_output=True)
+    masks = postprocess_masks(out.pred_masks[:, 0], inputs.reshaped_size, inputs.original_size)[0]
+    areas, numel = masks.flatten(1).sum(1), masks[0].numel()
     for i, a in enumerate(areas.tolist()):
-        if a == 0 or a == numel:
+        if a in (0, numel):
             raise SamrepError(
-                f"ground truth: mask {i} is {'empty' if a == 0 else 'full'} with weights "
-                f"'{weights.name}': the weights or the prompt are broken"
+                f"ground truth: mask {i} is {'empty' if a == 0 else 'full'} with "
+                f"weights '{weights.name}': the weights or the prompt are broken"
             )
     order = torch.argsort(areas, stable=True).tolist()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path.unlink(missing_ok=True)  # the old manifest must not vouch for new files
-    hashes = {}
-    for i, idx in enumerate(order):
-        hashes[f"sam_gt_{i}.pt"] = _save_tensor(data_dir / f"sam_gt_{i}.pt", masks[idx].clone())
-    hashes["inputs.pt"] = _save_tensor(
+    remove(data_dir / MANIFEST)  # the old manifest must not vouch for new files
+    hashes = {
+        f"sam_gt_{i}.pt": save_tensors(data_dir / f"sam_gt_{i}.pt", masks[j].clone())
+        for i, j in enumerate(order)
+    }
+    hashes["inputs.pt"] = save_tensors(
         data_dir / "inputs.pt",
         {
             "pixel_values": inputs.pixel_values,
@@ -120,93 +113,83 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
             "reshaped_size": inputs.reshaped_size,
         },
     )
+    hashes["reference.pt"] = save_tensors(
+        data_dir / "reference.pt",
+        {"image_embeddings": emb.clone(), "low_res_logits": out.pred_masks[:, 0].clone()},
+    )
     checkpoint("groundtruth:written")  # test hook: files written, the manifest not yet
     manifest = {
-        "stamp": stamp,
+        "stamp": now,
         "image": sample.describe(),
         "weights": weights.to_dict(),
         "point": list(sample.spec.point),
         "point_1024": inputs.input_points.flatten().tolist(),
         "original_size": list(inputs.original_size),
         "reshaped_size": list(inputs.reshaped_size),
-        "files": [f"sam_gt_{i}.pt" for i in range(NUM_MASKS)],
         "files_sha256": hashes,
         "order": order,
-        "order_meaning": "sam_gt_i.pt is model output mask order[i]; smallest area first",
-        "areas": [int(areas[i]) for i in order],
         "area_fractions": [float(areas[i]) / numel for i in order],
-        "iou_scores": [float(iou_scores[i]) for i in order],
-        "precision": "fp32",
-        "device": "cpu",
-        "data_dir": str(data_dir),
+        "iou_scores": [float(out.iou_scores[0, 0, i]) for i in order],
         "seconds": time.perf_counter() - t0,
     }
-    atomic_write_json(manifest_path, manifest)
+    write_json(data_dir / MANIFEST, manifest)
     log(f"ground truth: wrote {data_dir} (mask areas {manifest['area_fractions']})")
-    return GroundTruth(masks[order].clone(), order, inputs, manifest, dict.fromkeys(hashes, True))
+    return load_ground_truth(params)
 
 
-def _stamp(image_sha256: str, weights: WeightsInfo, params: HwParams) -> dict:
-    from samrep.resume import code_version
-
-    return {
-        "image_sha256": image_sha256,
-        "weights_sha256": weights.sha256,
-        "arch": params.model.arch,
-        "image_choice": params.data.image,
-        "point": list(params.data.point),
-        "code_version": code_version(),
-    }
+def _load(path, what: str):
+    if not path.is_file():
+        raise SamrepError(f"{path}: {what} missing; rerun `python -m samrep groundtruth --force`")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise SamrepError(
+            f"{path}: unreadable {what} ({type(exc).__name__}); rerun "
+            "`python -m samrep groundtruth --force`"
+        ) from None
 
 
 def load_ground_truth(params: HwParams) -> GroundTruth:
-    """Read and check the ground truth of `params`: count, dtype and shape of every mask."""
-    data_dir = params.data_path
-    manifest_path = data_dir / MANIFEST
-    if not manifest_path.is_file():
+    """Read and check the ground truth of `params`: every file, dtype and shape."""
+    data_dir, path = params.data_path, params.data_path / MANIFEST
+    if not path.is_file():
         raise SamrepError(
-            f"{manifest_path}: ground truth missing; run `python -m samrep groundtruth "
+            f"{path}: ground truth missing; run `python -m samrep groundtruth "
             f"--hw {params.hw}` first"
         )
+    manifest = read_json(path, "ground-truth manifest")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        size = tuple(manifest["original_size"])
-        files = list(manifest["files"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SamrepError(
-            f"{manifest_path}: unreadable manifest ({exc}); rerun groundtruth"
-        ) from None
-    if len(files) != NUM_MASKS:
-        raise SamrepError(f"{manifest_path}: expected {NUM_MASKS} masks, lists {len(files)}")
+        size, order, hashes = (
+            tuple(manifest["original_size"]),
+            list(manifest["order"]),
+            dict(manifest["files_sha256"]),
+        )
+        manifest["weights"]["sha256"], manifest["image"]["sha256"]  # noqa: B018
+    except (KeyError, TypeError) as exc:
+        raise SamrepError(f"{path}: manifest without {exc}; rerun groundtruth --force") from None
     masks = []
-    for name in files:
-        path = data_dir / name
-        if not path.is_file():
-            raise SamrepError(f"{path}: ground-truth mask missing")
-        try:
-            m = torch.load(path, weights_only=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise SamrepError(
-                f"{path}: unreadable ground-truth mask ({type(exc).__name__}: {first})"
-            ) from None
+    for i in range(NUM_MASKS):
+        m = _load(data_dir / f"sam_gt_{i}.pt", "ground-truth mask")
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != size:
-            what = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m)
-            raise SamrepError(f"{path}: expected a bool mask of shape {size}, got {what}")
+            raise SamrepError(f"{data_dir / f'sam_gt_{i}.pt'}: not a bool mask of shape {size}")
         masks.append(m)
-    if not (data_dir / "inputs.pt").is_file():
-        raise SamrepError(f"{data_dir / 'inputs.pt'}: ground-truth inputs missing")
-    raw = torch.load(data_dir / "inputs.pt", weights_only=True)
-    inputs = ModelInputs(
-        raw["pixel_values"],
-        raw["input_points"],
-        tuple(raw["original_size"]),
-        tuple(raw["reshaped_size"]),
+    raw, ref = (
+        _load(data_dir / "inputs.pt", "ground-truth inputs"),
+        _load(data_dir / "reference.pt", "fp32 reference"),
     )
-    hashes = manifest.get("files_sha256") or {}
-    files_match = {n: _file_sha256(data_dir / n) == h for n, h in hashes.items()}
-    return GroundTruth(torch.stack(masks), list(manifest["order"]), inputs, manifest, files_match)
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    try:
+        inputs = ModelInputs(
+            raw["pixel_values"],
+            raw["input_points"],
+            tuple(raw["original_size"]),
+            tuple(raw["reshaped_size"]),
+        )
+        emb, logits = ref["image_embeddings"], ref["low_res_logits"]
+    except (KeyError, TypeError) as exc:
+        raise SamrepError(
+            f"{data_dir}: ground-truth inputs without {exc}; rerun groundtruth --force"
+        ) from None
+    match = {
+        n: (data_dir / n).is_file() and sha256_file(data_dir / n) == h for n, h in hashes.items()
+    }
+    return GroundTruth(torch.stack(masks), order, inputs, manifest, emb, logits, match)

@@ -51,18 +51,20 @@ def _read_fn(method: str, target: int):
 
 def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
     """Sampler process: send (baseline, total), sample until told to stop, send (peak, n)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     read, total = _read_fn(method, target)
     baseline = read()
-    conn.send((baseline, total))
-    peak, samples = baseline, 1
-    while not conn.poll(interval_s):  # the poll timeout is the sampling interval
-        value = read()
-        samples += 1
-        if value > peak:
-            peak = value
-    conn.recv()
-    peak = max(peak, read())
-    conn.send((peak, samples + 1))
+    try:
+        conn.send((baseline, total))
+        peak, samples = baseline, 1
+        while not conn.poll(interval_s):  # the poll timeout is the sampling interval
+            peak, samples = max(peak, read()), samples + 1
+        conn.recv()
+        conn.send((max(peak, read()), samples + 1))
+    except (EOFError, OSError):  # the parent went away (interrupted): exit quietly
+        pass
 
 
 def current_nvml_index() -> int:

@@ -70,3 +70,9 @@ class MaskScore:
             "iou_per_mask": iou,
             "images_scored": self.images,
         }
+
+
+def rel_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref|| in fp32 (x on any device; ref on the CPU): weight-independent fidelity."""
+    ref = ref.to(x.device, torch.float32)
+    return float(torch.linalg.vector_norm(x.float() - ref) / torch.linalg.vector_norm(ref))

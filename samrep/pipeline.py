@@ -1,67 +1,75 @@
 """`make report`: the notebooks run by papermill into reports/<hw>/, then rendered to HTML.
 
-Chain: 01_ground_truth -> 02_export_onnx -> 03_build_engine -> 04_evaluate -> 99_summary. Executed copies land in reports/<hw>/
-(the notebooks under notebooks/ stay without outputs); 99_summary becomes reports/<hw>/index.html
-with the code hidden and the figures embedded, so the one file can be published anywhere.
-reports/index.html links every hardware report.
+Chain: 01_ground_truth -> 02_export_onnx -> 03_build_engine -> 04_evaluate -> 99_summary. Each
+notebook is thin and calls a stage of samrep.stages, which reuses every fresh output, so running
+the chain again redoes only what changed. A failed ground truth stops the chain and publishes
+nothing (every later stage needs it); a failed export or build is shown by its rows; the summary
+becomes reports/<hw>/index.html (one self-contained file, code hidden, figures embedded), and
+reports/index.html lists each hw with its headline line.
 """
 
 from __future__ import annotations
 
-import html
-import json
+import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from samrep.config import REPO_ROOT, HwParams, load_params
-from samrep.env import check_device
+from samrep.config import HwParams, load_params
 from samrep.errors import SamrepError
+from samrep.faults import checkpoint
 from samrep.progress import log
-from samrep.results import atomic_write_bytes
+from samrep.stages import prepare
+from samrep.store import REPO_ROOT, remove, write_bytes
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 CHAIN = ("01_ground_truth", "02_export_onnx", "03_build_engine", "04_evaluate", "99_summary")
+NEEDED_BY_ALL = ("01_ground_truth",)  # a failure here stops the chain
+
+
+@dataclass
+class Outcome:
+    page: Path | None = None
+    failed_stages: dict = field(default_factory=dict)
+    failed_rows: list = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failed_stages or self.failed_rows)
 
 
 def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
     """Run notebooks/<name>.ipynb with papermill into the report folder (atomically)."""
     import papermill
 
-    src = NOTEBOOKS_DIR / f"{name}.ipynb"
     out = params.report_path / f"{name}.ipynb"
-    tmp = out.with_name(f".{out.name}.tmp.ipynb")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{name}.tmp.ipynb")
     log(f"notebook {name}: running (papermill)")
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(src),
+            str(NOTEBOOKS_DIR / f"{name}.ipynb"),
             str(tmp),
             parameters=parameters,
             kernel_name="python3",
             progress_bar=False,
-            log_output=True,  # stream the kernel's progress lines to this terminal
+            log_output=True,
             cwd=str(REPO_ROOT),
         )
     except papermill.PapermillExecutionError as exc:
-        failed = out.with_name(f"{name}.failed.ipynb")
+        remove(tmp)
+        line = (exc.evalue or "").splitlines()[0] if exc.evalue else ""
+        raise SamrepError(f"notebook {name}: {line or exc.ename}") from None
+    finally:
         if tmp.exists():
-            tmp.replace(failed)
-        raise SamrepError(
-            f"notebook {name} failed ({exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}); "
-            f"executed copy in {failed}"
-        ) from None
-    tmp.replace(out)
-    log(f"notebook {name}: done in {time.perf_counter() - t0:.1f} s -> {out}")
+            os.replace(tmp, out)
+    log(f"notebook {name}: done in {time.perf_counter() - t0:.1f} s")
     return out
 
 
-# nbconvert's "lab" template with the blocks that load scripts from a CDN emptied (require.js,
-# MathJax, mermaid, the ipywidgets renderer): the report has no <script src>, so it opens offline
-# with no errors. Nothing in the summary notebook needs those scripts.
-_OFFLINE_TEMPLATE = "samrep_offline.html.j2"
-_OFFLINE_TEMPLATE_SRC = """{%- extends 'index.html.j2' -%}
+_OFFLINE = "samrep_offline.html.j2"  # nbconvert's lab template without its CDN scripts
+_OFFLINE_SRC = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
@@ -69,12 +77,9 @@ _OFFLINE_TEMPLATE_SRC = """{%- extends 'index.html.j2' -%}
 """
 
 
-def _nbconvert_template_dirs() -> list[str]:
-    """Where nbconvert's own templates are, when jupyter's data path lacks them.
-
-    A venv puts them in <prefix>/share/jupyter, which jupyter_path() covers; with
-    `pip install --target DIR` they land in DIR/share/jupyter, next to the nbconvert package.
-    """
+def _template_dirs() -> list[str]:
+    """nbconvert's templates beside its package when jupyter's data path lacks them
+    (`pip install --target DIR` puts them in DIR/share/jupyter)."""
     import nbconvert
     from jupyter_core.paths import jupyter_path
 
@@ -86,135 +91,84 @@ def _nbconvert_template_dirs() -> list[str]:
     return [str(beside)] if (beside / "lab" / "conf.json").is_file() else []
 
 
-def render_html(notebook: Path, target: Path) -> Path:
-    """nbconvert to one self-contained HTML file: code hidden, images embedded as data URIs,
-    no scripts loaded from anywhere."""
+def render_html(notebook: Path, target: Path, title: str) -> Path:
+    """One self-contained HTML file: code hidden, images embedded, no scripts from anywhere."""
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    nb = nbformat.read(notebook, as_version=4)
-    extra = _nbconvert_template_dirs()
+    extra = _template_dirs()
     exporter = HTMLExporter(
-        # Given here, as the constructor resolves the template. [cwd] is nbconvert's default;
-        # the paths let templates name each other as "base/null.j2".
         extra_template_basedirs=[os.getcwd(), *extra],
         extra_template_paths=extra,
         template_name="lab",
-        template_file=_OFFLINE_TEMPLATE,
-        extra_loaders=[DictLoader({_OFFLINE_TEMPLATE: _OFFLINE_TEMPLATE_SRC})],
+        template_file=_OFFLINE,
+        extra_loaders=[DictLoader({_OFFLINE: _OFFLINE_SRC})],
         exclude_input=True,
         exclude_input_prompt=True,
         exclude_output_prompt=True,
     )
-    body, _ = exporter.from_notebook_node(nb)
-    atomic_write_bytes(target, body.encode())
+    body, _ = exporter.from_notebook_node(
+        nbformat.read(notebook, as_version=4), resources={"metadata": {"name": title}}
+    )
+    write_bytes(target, body.encode())
     log(f"report: wrote {target}")
     return target
 
 
 def write_index(reports_dir: Path = REPO_ROOT / "reports") -> Path:
-    """reports/index.html: a link to every hardware report, and the published A100 rows."""
-    from samrep.report import PUBLISHED_A100, PUBLISHED_NOTE
+    """reports/index.html: every hw report with its headline line."""
+    from samrep.tables import index_html, load_records
 
-    items = []
+    entries = []
     for page in sorted(reports_dir.glob("*/index.html")):
-        hw = page.parent.name
-        meta = page.parent / "summary.json"
-        extra = ""
-        if meta.is_file():
-            info = json.loads(meta.read_text())
-            extra = f" — {html.escape(str(info.get('device', '')))}, weights: " + html.escape(
-                str(info.get("weights", ""))
-            )
-        items.append(f'<li><a href="{hw}/index.html">{html.escape(hw)}</a>{extra}</li>')
-    body = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>samrep reports</title></head>"
-        "<body><h1>samrep: SAM ViT-H inference reports</h1><ul>"
-        + "".join(items)
-        + "</ul><h2>Published reference (FlagPerf sam_h)</h2>"
-        + PUBLISHED_A100.to_html(index=False)
-        + f"<p>{html.escape(PUBLISHED_NOTE)}</p></body></html>"
-    )
-    target = reports_dir / "index.html"
-    atomic_write_bytes(target, body.encode())
-    return target
+        records, _ = load_records(page.parent / "results")
+        entries.append((page.parent.name, f"{page.parent.name}/index.html", records))
+    return write_bytes(reports_dir / "index.html", index_html(entries).encode())
 
 
-def _progress_only(record) -> bool:
-    """Pass samrep's progress lines (stripped of the kernel's trailing newline) and warnings."""
-    message = record.getMessage()
-    if "[samrep" not in message and record.levelno < 30:  # 30: logging.WARNING
-        return False
-    record.msg, record.args = message.rstrip("\n"), ()
-    return True
+class _ProgressOnly(logging.Filter):
+    """papermill logs every cell output: pass only samrep's progress lines and warnings."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = message.rstrip("\n"), ()
+        return "[samrep" in message or record.levelno >= logging.WARNING
 
 
-def _show_papermill_log() -> None:
-    """papermill reports the kernel's output through `logging`: print it as plain lines."""
-    import logging
-
+def run_report(hw: str, force: bool = False) -> Outcome:
+    """The whole chain for one hw -> Outcome (.page: the HTML; .failed: exit 1)."""
+    params = load_params(hw)
+    prepare(params)  # bad input and a missing device: one line, before any work
     logger = logging.getLogger("papermill")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        # Only samrep's own progress lines and warnings; not every cell's output repr.
-        handler.addFilter(_progress_only)
+        handler.addFilter(_ProgressOnly())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-def run_report(hw: str, force: bool = False):
-    """The whole chain for one hardware config -> samrep.resume.ChainOutcome (.page: the HTML).
-
-    A stage whose inputs are unchanged since it last finished is reused (samrep.resume), unless
-    `force`. A stage that fails is recorded and the chain goes on; the summary renders whatever
-    can be rendered (its failed copy if it fails itself). outcome.failed says whether a stage or
-    a configured row failed (the CLI then exits 1).
-    """
-    from samrep import resume
-    from samrep.faults import checkpoint
-
-    params = load_params(hw)
-    check_device(params)  # before any work: say what the config needs and what is here
-    _show_papermill_log()
-    outcome = resume.ChainOutcome()
-    page = params.report_path / "index.html"
+    outcome = Outcome()
     for name in CHAIN:
-        summary = name == CHAIN[-1]
-        out = params.report_path / f"{name}.ipynb"
-        done = None if force else resume.fresh_stage(params, name, page if summary else out)
-        if done is not None:
-            log(f"notebook {name}: reused (inputs unchanged since {done['finished']})")
-            outcome.reused.append(name)
-            continue
         checkpoint(f"report:{name}")  # test hook (samrep.faults)
-        resume.clear_stage(params, name)  # the old record must not vouch for what is redone
-        parameters = {"hw": hw} if summary else {"hw": hw, "force": force}
-        t0 = time.perf_counter()
         try:
-            execute_notebook(name, params, parameters)
-            if summary:
-                checkpoint("report:render")
-                render_html(out, page)
+            nb = execute_notebook(
+                name, params, {"hw": hw, "force": force} if name != CHAIN[-1] else {"hw": hw}
+            )
         except Exception as exc:  # SamrepError (the notebook raised), a dead kernel, ...
-            if not isinstance(exc, SamrepError):
-                exc = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log(f"notebook {name}: FAILED: {exc}")
             outcome.failed_stages[name] = str(exc)
-            out.unlink(missing_ok=True)  # an older executed copy is not this run's
-            resume.write_stage(params, name, "failed", time.perf_counter() - t0, str(exc))
-            failed_copy = out.with_name(f"{name}.failed.ipynb")
-            if summary and failed_copy.is_file():  # render what can be rendered
-                render_html(failed_copy, page)
+            if name in NEEDED_BY_ALL:
+                raise SamrepError(f"report {hw}: {exc}; nothing published") from None
             continue
-        resume.write_stage(params, name, "ok", time.perf_counter() - t0)
-        outcome.ran.append(name)
+        if name == CHAIN[-1]:
+            checkpoint("report:render")
+            outcome.page = render_html(
+                nb, params.report_path / "index.html", f"samrep report: {hw}"
+            )
+    from samrep.tables import load_records
+
+    records, _ = load_records(params.report_path / "results")
+    keys = {r.key for r in params.runs}
+    outcome.failed_rows = [r.key for r in records if r.key in keys and r.status == "failed"]
     write_index()
-    outcome.page = page
-    outcome.failed_rows = resume.failed_rows(params)
-    log(f"report: {outcome.summary()} (FORCE=1 redoes every stage)")
-    if outcome.failed:
-        log(f"report: {outcome.failure_message()}")
     return outcome

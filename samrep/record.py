@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 SCHEMA = 2
 Status = Literal["ok", "failed", "not_run"]
@@ -101,6 +101,7 @@ class Record(BaseModel):
     masks_file: str | None = None
     distributed: dict[str, Any] | None = None
     upgraded_from: int | None = None  # 1 for a schema-1 record read by `read_record`
+    _first_masks: Any = PrivateAttr(None)  # (3, H, W) bool of the first image, saved beside
 
     def dump(self) -> dict:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")

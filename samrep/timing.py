@@ -1,4 +1,4 @@
-"""The two timed regions of the case, defined once and used by every backend.
+"""The two timed regions of the case, defined once and used by every backend and process.
 
 core  = synchronize, host-to-device copy, forward, synchronize (clock read after the first sync
         and after the last): the engine's own speed. p_core = images / sum of core times.
@@ -6,11 +6,12 @@ whole = the wall time of the whole measured loop: building each batch from host 
         region, post-processing to the original image size and scoring against the ground truth
         held in device memory. p_whole = images / whole time.
 Warm-up batches run first and are excluded from both. The clock is time.perf_counter.
+Latency is the per-batch core time [ms]; its percentiles are nearest-rank over the timed batches.
 """
 
 from __future__ import annotations
 
-import statistics
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ CLOCK = "time.perf_counter"
 
 @dataclass
 class Timing:
-    """Throughput of one measured phase. Times in seconds, throughputs in images/s."""
+    """One measurement: seconds, images/s, and each timed batch's core time in ms."""
 
     images: int
     batches: int
@@ -31,10 +32,7 @@ class Timing:
     warmup_batches: int
     whole_s: float
     core_s: float
-    core_batch_ms_median: float
-    core_batch_ms_min: float
-    core_batch_ms_max: float
-    clock: str = CLOCK
+    batch_ms: list[float]
 
     @property
     def p_whole(self) -> float:
@@ -44,10 +42,14 @@ class Timing:
     def p_core(self) -> float:
         return self.images / self.core_s
 
+    def latency_ms(self) -> dict[str, float]:
+        ms = sorted(self.batch_ms)
+        pick = {q: ms[min(len(ms) - 1, math.ceil(q / 100 * len(ms)) - 1)] for q in (50, 90, 99)}
+        return {f"p{q}": v for q, v in pick.items()} | {"min": ms[0], "max": ms[-1]}
+
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(p_whole=self.p_whole, p_core=self.p_core)
-        return d
+        d = {k: v for k, v in asdict(self).items() if k != "batch_ms"}
+        return d | {"p_core": self.p_core, "p_whole": self.p_whole, "latency_ms": self.latency_ms()}
 
 
 def core_step(backend, pixel_values: torch.Tensor, input_points: torch.Tensor):
@@ -66,29 +68,26 @@ def measure(
     dataset,
     repeat: int,
     warmup: int,
-    after_batch: Callable[[torch.Tensor, torch.Tensor], None],
+    after_batch: Callable,
     progress=None,
     barrier: Callable[[], None] | None = None,
+    meter=None,
 ) -> Timing:
     """Run `repeat` passes over `dataset` through `backend`, timing core and whole.
 
-    after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) does post-processing and scoring
-    inside the whole region. `progress.update()` is called once per batch, outside the core.
-    barrier() (several processes: samrep.distributed) runs after the warm-up has synchronised and
-    before the timed loop, so every process starts its timed regions together.
+    after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) post-processes and scores inside
+    the whole region. barrier() (several processes) runs after the warm-up, so every process
+    starts its timed loop together; meter.start()/stop() (energy) bracket the timed loop.
     """
     batches = iter(dataset)
     for _ in range(warmup):
-        try:
-            pv, pts = next(batches)
-        except StopIteration:
-            batches = iter(dataset)
-            pv, pts = next(batches)
+        pv, pts = next(batches, None) or next(iter(dataset))
         core_step(backend, pv, pts)
     backend.synchronize()
     if barrier is not None:
         barrier()
-
+    if meter is not None:
+        meter.start()
     core_times: list[float] = []
     t_whole = time.perf_counter()
     for _ in range(repeat):
@@ -100,17 +99,37 @@ def measure(
                 progress.update()
     backend.synchronize()
     whole = time.perf_counter() - t_whole
-
-    ms = [t * 1000 for t in core_times]
+    if meter is not None:
+        meter.stop()
     return Timing(
-        images=len(core_times) * dataset.bs,
-        batches=len(core_times),
-        bs=dataset.bs,
-        repeat=repeat,
-        warmup_batches=warmup,
-        whole_s=whole,
-        core_s=sum(core_times),
-        core_batch_ms_median=statistics.median(ms),
-        core_batch_ms_min=min(ms),
-        core_batch_ms_max=max(ms),
+        len(core_times) * dataset.bs,
+        len(core_times),
+        dataset.bs,
+        repeat,
+        warmup,
+        whole,
+        sum(core_times),
+        [t * 1000 for t in core_times],
     )
+
+
+def median_timing(timings: list[Timing]) -> Timing:
+    """The median measurement of several (the lower median for an even count)."""
+    return sorted(timings, key=lambda t: t.p_core)[(len(timings) - 1) // 2]
+
+
+def aggregate(per_rank: list[dict], single_p_core: float | None) -> dict:
+    """Several processes measured at once (per_rank: each rank's Timing.to_dict()).
+
+    aggregate p_core = images of all ranks / the slowest rank's summed core time (likewise
+    p_whole); scaling efficiency = aggregate p_core / (ranks x the single-process p_core).
+    """
+    n, images = len(per_rank), sum(r["images"] for r in per_rank)
+    agg = images / max(r["core_s"] for r in per_rank)
+    return {
+        "world_size": n,
+        "aggregate_p_core": agg,
+        "aggregate_p_whole": images / max(r["whole_s"] for r in per_rank),
+        "single_p_core": single_p_core,
+        "scaling_efficiency": agg / (n * single_p_core) if single_p_core else None,
+    }

@@ -1,7 +1,8 @@
-"""Backends: a name -> "module:Class" registry, imported lazily.
+"""Backends: name -> ("module:Class", the code its results depend on), imported lazily.
 
 A machine needs only the toolkit it benchmarks: looking a backend up imports its module, and a
-missing toolkit becomes a "not run: <reason>" row, never a crash.
+missing toolkit becomes a "not run: <reason>" row, never a crash. The code list feeds the row
+stamps (samrep.store.code_digest): editing one backend makes only its rows stale.
 """
 
 from __future__ import annotations
@@ -11,25 +12,29 @@ import importlib
 from samrep.backends.base import Backend, BackendUnavailable
 from samrep.errors import SamrepError
 
-BACKENDS: dict[str, str] = {
-    "torch": "samrep.backends.torch_eager:TorchBackend",
-    "inductor": "samrep.backends.inductor:InductorBackend",
-    "onnxruntime": "samrep.backends.onnxruntime:OnnxRuntimeBackend",
-    "tensorrt": "samrep.backends.tensorrt:TensorRTBackend",
-    "xtcl": "samrep.backends.xtcl:XtclBackend",
-    "fast": "samrep.backends.fast:FastBackend",
+_ONNX = ("backends/onnx_engine", "export")
+BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "torch": ("samrep.backends.torch_eager:TorchBackend", ("backends/torch_eager",)),
+    "inductor": ("samrep.backends.inductor:InductorBackend", ("backends/inductor",)),
+    "onnxruntime": (
+        "samrep.backends.onnxruntime:OnnxRuntimeBackend",
+        ("backends/onnxruntime", *_ONNX),
+    ),
+    "tensorrt": ("samrep.backends.tensorrt:TensorRTBackend", ("backends/tensorrt", *_ONNX)),
+    "xtcl": ("samrep.backends.xtcl:XtclBackend", ("backends/xtcl", *_ONNX)),
+    "fast": ("samrep.backends.fast:FastBackend", ("backends/fast", "fast/")),
 }
 
 
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered as `name`.
 
-    Raises SamrepError for an unknown name (listing the known ones) and BackendUnavailable when
-    the backend's own module cannot be imported on this machine.
+    SamrepError for an unknown name (listing the known ones); BackendUnavailable when its
+    module cannot be imported on this machine.
     """
     if name not in BACKENDS:
         raise SamrepError(f"unknown backend '{name}' (known: {', '.join(sorted(BACKENDS))})")
-    module_name, class_name = BACKENDS[name].split(":")
+    module_name, class_name = BACKENDS[name][0].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -37,4 +42,9 @@ def get_backend(name: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "get_backend"]
+def backend_code(name: str) -> tuple[str, ...]:
+    """The samrep modules a backend's results depend on (base included)."""
+    return ("backends/base", *BACKENDS[name][1])
+
+
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "backend_code", "get_backend"]

@@ -1,33 +1,47 @@
-"""The one interface every engine implements.
+"""The one interface every engine implements, and the HF mixed-precision forward two share.
 
 A backend is built once (from the PyTorch model, or from the ONNX export) into an artifact it
 may cache under `workdir`, then runs batches: pixel_values (B, 3, 1024, 1024) float32 and
 input_points (B, 1, 1, 2) float32 (x, y in the 1024 frame), both already on its device, to
 low_res_masks (B, 3, 256, 256) logits and iou_scores (B, 3), on the device. Timing, scoring and
 memory are done around it by samrep.timing / metrics / memory, identically for every backend.
+Its options are a pydantic model `Options` declared beside it (extra keys refused).
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
+
+DTYPES = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 
 
 class BackendUnavailable(Exception):
     """This backend cannot run here (toolkit or device missing); the row says "not run: <why>"."""
 
 
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Backend(ABC):
     name: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]  # precisions it can run at all
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    # Builds from an ONNX export (the export stage makes it ahead of the build).
-    uses_onnx: ClassVar[bool] = False
-    # Its build leaves an artifact on disk that later processes reuse (an engine file, an
-    # export): the build stage makes it ahead of the evaluation. torch.compile's does not.
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    uses_onnx: ClassVar[bool] = False  # builds from the ONNX export (the export stage)
+    # Its build leaves an artifact later processes reuse (an engine file): the build stage
+    # makes it ahead of the evaluation. torch.compile's does not persist.
     persistent_build: ClassVar[bool] = False
 
     def __init__(self, device: str, precision: str, options: dict, workdir: Path, bs: int = 1):
@@ -35,9 +49,10 @@ class Backend(ABC):
         self.bs = bs  # the row's batch size: engines with a static batch build for it
         self.precision = precision
         self.options = dict(options)
+        self.opts = self.Options.model_validate(self.options)
         self.workdir = Path(workdir)
         self.math_mode = precision  # what actually ran, e.g. "fp32 (TF32 off)"
-        self.export_info = None  # samrep.export.ExportInfo of the ONNX this backend built from
+        self.export_info = None  # the ONNX export this backend built from, if any
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -45,25 +60,33 @@ class Backend(ABC):
         if device not in cls.devices:
             raise BackendUnavailable(f"{cls.name} does not run on {device}")
         if precision not in cls.precisions:
-            raise BackendUnavailable(
-                f"{cls.name} has no {precision} mode (has {', '.join(cls.precisions)})"
-            )
-        if device == "cpu" and precision == "fp16":
-            raise BackendUnavailable("fp16 is not a CPU compute precision here")
+            raise BackendUnavailable(f"{cls.name} has no {precision} mode")
+        if device == "cpu" and precision in ("fp16", "tf32"):
+            raise BackendUnavailable(f"{precision} is not a CPU compute precision here")
 
     def export_onnx(self, model, inputs, force: bool = False):
-        """Export (or reuse) the ONNX this backend builds from -> ExportInfo; None if it uses none."""
+        """Export (or reuse) the ONNX this backend builds from; None if it uses none."""
         return None
 
     @abstractmethod
     def build(self, model, inputs) -> None:
         """Prepare the engine from `model` (fp32 SamModel on the CPU) and example `inputs`."""
 
+    def verify(self, gt) -> dict | None:
+        """Engine check after the build (ONNX-built engines): raises when the engine is wrong."""
+        return None
+
     @abstractmethod
-    def run(
-        self, pixel_values: torch.Tensor, input_points: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, pixel_values: torch.Tensor, input_points: torch.Tensor):
         """(B,3,1024,1024), (B,1,1,2) on the device -> (B,3,256,256) logits, (B,3) scores."""
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """(B,3,1024,1024) -> (B,256,64,64) image embeddings, where the engine exposes them."""
+        return None
+
+    def framework_peak_gib(self) -> float | None:
+        """The engine's own allocator peak where it is not torch's (torch's is read by memory)."""
+        return None
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -71,3 +94,40 @@ class Backend(ABC):
 
     def versions(self) -> dict:
         return {"torch": torch.__version__}
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 on or off for matmuls and convolutions (a global torch setting)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def math_mode(device: str, precision: str) -> str:
+    """What the matmuls really ran in: the original's "fp32" engine ran TF32 (defect 2)."""
+    if precision == "fp32":
+        return "fp32 (TF32 off)" if device == "cuda" else "fp32"
+    if precision == "tf32":
+        return "fp32 weights, TF32 matmuls"
+    return f"{precision} image encoder, fp32 prompt encoder + mask decoder"
+
+
+class MixedPrecisionSam(torch.nn.Module):
+    """HF SamModel on a device with the image encoder in the precision; the prompt encoder and
+    mask decoder (0.06% of the FLOPs) stay fp32 so the point is never rounded (defect 3)."""
+
+    def __init__(self, model, device: torch.device, precision: str):
+        super().__init__()
+        self.dtype = DTYPES[precision]
+        share = device.type == "cpu" and self.dtype == torch.float32  # share the fp32 weights
+        self.model = model if share else copy.deepcopy(model).to(device)
+        self.model.vision_encoder.to(self.dtype)
+
+    def embed(self, pixel_values):
+        """(B,3,1024,1024) -> (B,256,64,64) fp32 image embeddings."""
+        return self.model.vision_encoder(pixel_values.to(self.dtype)).last_hidden_state.float()
+
+    def forward(self, pixel_values, input_points):
+        """-> low_res_masks (B,3,256,256) fp32 logits, iou_scores (B,3) fp32."""
+        emb = self.embed(pixel_values)
+        out = self.model(image_embeddings=emb, input_points=input_points, multimask_output=True)
+        return out.pred_masks[:, 0].float(), out.iou_scores[:, 0].float()

@@ -1,0 +1,199 @@
+"""The stages of a run: ground truth, export, build, evaluate; which rows run and which are reused.
+
+Every stage first checks its input (`prepare`: the params' backends, precisions and options,
+the device, the folders), takes the hw's lock and removes temporaries of dead processes. Every
+output is reused only when its stored stamp digest is current (samrep.store.is_fresh): a ground
+truth by its manifest, a row by its record, an export by its folder's stamp. Rows run in this
+process, or under torchrun with one process per GPU when world_size > 1 (samrep.distributed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+
+import numpy as np
+from filelock import FileLock, Timeout
+from pydantic import ValidationError
+
+from samrep.backends import BACKENDS, BackendUnavailable, get_backend
+from samrep.config import HwParams, RunParams, error_line
+from samrep.env import check_device
+from samrep.errors import SamrepError
+from samrep.faults import checkpoint
+from samrep.groundtruth import load_ground_truth, run_ground_truth
+from samrep.progress import log
+from samrep.record import Record, read_record
+from samrep.row import RowContext, row_stamp, run_row
+from samrep.store import (
+    confine,
+    digest,
+    read_json,
+    remove_stale_temporaries,
+    write_bytes,
+    write_json,
+)
+
+SUBFOLDERS = {"data": ("weights", "engines"), "report": ("results", "bench")}
+
+
+def check_rows(params: HwParams, runs=None) -> None:
+    """Every row names a known backend, a precision it has and options it takes (exit 2)."""
+    for i, run in enumerate(runs or params.runs):
+        where = f"{params.path}: runs[{i}]"
+        if run.backend not in BACKENDS:
+            raise SamrepError(
+                f"{where}.backend: unknown backend '{run.backend}' (known: {', '.join(sorted(BACKENDS))})"
+            )
+        try:
+            cls = get_backend(run.backend)
+        except BackendUnavailable:
+            continue  # its module needs a toolkit this machine lacks: a "not run" row
+        if run.precision not in cls.precisions:
+            raise SamrepError(
+                f"{where}.precision: backend '{run.backend}' has no {run.precision} mode (has {', '.join(cls.precisions)})"
+            )
+        try:
+            cls.Options.model_validate(run.options)
+        except ValidationError as exc:
+            raise SamrepError(
+                error_line(f"{where}.options", exc).replace("options: ", "options.")
+            ) from None
+
+
+def prepare(params: HwParams, runs=None) -> None:
+    """Check everything a stage needs before it writes anything, and confine its writes."""
+    check_rows(params, runs)
+    check_device(params)
+    folders = {"data": params.data_path, "report": params.report_path}
+    for kind, names in SUBFOLDERS.items():
+        for name in names:
+            sub = folders[kind] / name
+            if sub.is_symlink() and folders[kind].resolve() not in sub.resolve().parents:
+                raise SamrepError(
+                    f"{sub}: a symbolic link to {sub.resolve()}, outside {folders[kind]}"
+                )
+    confine(*folders.values())
+
+
+@contextlib.contextmanager
+def hw_lock(params: HwParams):
+    """One writing run per hw: a second waits (one line says so) up to $SAMREP_LOCK_TIMEOUT s
+    (default: as long as it takes), then refuses."""
+    params.data_path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(params.data_path / ".samrep.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        wait = float(os.environ.get("SAMREP_LOCK_TIMEOUT", "-1"))
+        log(f"waiting for another samrep run on hw '{params.hw}' (lock {lock.lock_file})")
+        try:
+            lock.acquire(timeout=wait)
+        except Timeout:
+            raise SamrepError(
+                f"{lock.lock_file}: another samrep run holds hw '{params.hw}' (waited {wait:g} s)"
+            ) from None
+    try:
+        for folder in (params.data_path, params.report_path):
+            if remove_stale_temporaries(folder):
+                log(f"removed temporaries of an interrupted run in {folder}")
+        yield
+    finally:
+        lock.release()
+
+
+def groundtruth(params: HwParams, force: bool = False):
+    prepare(params, runs=[])
+    with hw_lock(params):
+        return run_ground_truth(params, force)
+
+
+def stored(params: HwParams, run: RunParams, gt_stamp: str, world_size: int = 1) -> Record | None:
+    """The stored ok record of `run` if its stamp is current and its masks load, else None."""
+    path = params.report_path / "results" / f"{run.key}.json"
+    try:
+        rec = read_record(read_json(path), str(path))
+        with np.load(path.parent / str(rec.masks_file)) as z:
+            z["masks"].shape  # noqa: B018  (a damaged masks file raises here)
+    except (SamrepError, ValueError, OSError, KeyError):
+        return None
+    fresh = rec.status == "ok" and rec.stamp == digest(row_stamp(params, run, gt_stamp, world_size))
+    return rec if fresh else None
+
+
+def save(params: HwParams, record: Record) -> None:
+    """The masks first, then the record (a record on disk vouches for its masks)."""
+    folder = params.report_path / "results"
+    masks = getattr(record, "_first_masks", None)
+    if masks is not None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, masks=np.asarray(masks, dtype=bool))
+        write_bytes(folder / record.masks_file, buf.getvalue())
+    write_json(folder / f"{record.key}.json", record.dump())
+
+
+def evaluate(params: HwParams, force: bool = False, only: list[str] | None = None) -> list[Record]:
+    """Evaluate every row (or those in `only`), reusing fresh results; failed rows are retried."""
+    from samrep.distributed import resolve_world_size, run_distributed
+
+    if only and (missing := sorted(set(only) - {r.key for r in params.runs})):
+        raise SamrepError(f"{params.path}: runs: no row '{missing[0]}'")
+    runs = [r for r in params.runs if not only or r.key in only]
+    prepare(params, runs)
+    with hw_lock(params):
+        gt_stamp, n = load_ground_truth(params).manifest["stamp"], resolve_world_size(params)
+        done = {r.key: rec for r in runs if not force and (rec := stored(params, r, gt_stamp, n))}
+        for key in done:
+            log(f"{key}: reusing its fresh result")
+        todo = [r for r in runs if r.key not in done]
+        if todo and n > 1:
+            for record in run_distributed(params, todo, n):
+                save(params, record)
+                done[record.key] = record
+        elif todo:
+            ctx = RowContext.load(params)
+            for i, run in enumerate(todo):
+                log(f"row {i + 1}/{len(todo)}: {run.key}")
+                done[run.key] = record = run_row(ctx, run)
+                save(params, record)
+                checkpoint(f"evaluate:saved:{run.key}")
+    return [done[r.key] for r in runs]
+
+
+def engines(params: HwParams, stage: str, force: bool = False) -> list[dict]:
+    """The export stage (every infer row built from ONNX) or the build stage (every row with a
+    persistent engine): made ahead of the evaluation, so their cost and failures show alone."""
+    want = {"export": lambda c: c.uses_onnx, "build": lambda c: c.persistent_build}[stage]
+    prepare(params)
+    entries, ctx = [], None
+    with hw_lock(params):
+        for run in (r for r in params.runs if r.phase == "infer"):
+            entry = {"row": run.key, "status": "ok"}
+            t0 = time.perf_counter()
+            try:
+                cls = get_backend(run.backend)
+                if not want(cls):
+                    continue
+                cls.check_available(params.device, run.precision)
+                ctx = ctx or RowContext.load(params)
+                backend = cls(
+                    params.device, run.precision, run.options, params.data_path / "engines", run.bs
+                )
+                if stage == "export":
+                    info = backend.export_onnx(ctx.model, ctx.gt.inputs, force=force)
+                    entry.update(info.to_dict() if hasattr(info, "to_dict") else {})
+                else:
+                    backend.build(ctx.model, ctx.gt.inputs)
+                    entry.update(math_mode=backend.math_mode)
+                checkpoint(f"{stage}:{run.key}")
+            except BackendUnavailable as exc:
+                entry.update(status="not_run", reason=str(exc))
+            except Exception as exc:  # recorded; the row's evaluation fails too and says so
+                entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            entry["seconds"] = time.perf_counter() - t0
+            log(f"{stage} {run.key}: {entry['status']} {entry.get('reason', '')}")
+            entries.append(entry)
+        write_json(params.report_path / f"{stage}.json", {"hw": params.hw, "rows": entries})
+    return entries

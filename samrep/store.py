@@ -1,0 +1,179 @@
+"""The store: atomic writes, JSON, hashes, fingerprints, stamps and the one freshness check.
+
+Every file samrep writes goes through `write_bytes` (a temporary file in the same folder, fsync,
+rename), so a killed run leaves the old file or the new one, never a partial one. Before a write
+or a removal the real path (symbolic links resolved) must lie inside one of the folders granted
+with `confine` (a hw's data and report folders): nothing is ever written outside them.
+
+A stamp is a mapping of what a result depends on (hashes of code, params, inputs); its digest is
+stored in the result. `is_fresh(stored, stamp)` is the only freshness test: the stored digest
+equals the digest of the stamp as it would be now.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from samrep.errors import SamrepError
+from samrep.faults import checkpoint
+
+PACKAGE = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE.parent
+_ROOTS: list[Path] = []  # folders writes may go into; empty = anywhere (library use, tests)
+
+
+def confine(*folders: Path) -> None:
+    """Allow writes and removals only inside `folders` (resolved now) from here on."""
+    _ROOTS[:] = [Path(f).resolve() for f in folders]
+
+
+def _checked(path: Path, what: str) -> Path:
+    real = Path(path).resolve()
+    if _ROOTS and not any(real == r or r in real.parents for r in _ROOTS):
+        shown = ", ".join(str(r) for r in _ROOTS)
+        raise SamrepError(f"{path}: refusing to {what} {real}: outside the hw's folders ({shown})")
+    return real
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically; a full disk or a read-only folder is a SamrepError."""
+    real = _checked(path, "write")
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise SamrepError(f"{path}: cannot write ({exc.strerror})") from None
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are for everyone
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        checkpoint(f"write:{real.name}")  # test hook: killed before the rename
+        os.replace(tmp, real)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        full = " (disk full)" if exc.errno == errno.ENOSPC else ""
+        raise SamrepError(f"{path}: cannot write ({exc.strerror}){full}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return real
+
+
+def write_json(path: Path, obj) -> Path:
+    return write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
+
+
+def read_json(path: Path, what: str = "file"):
+    """Parsed JSON of `path`; a missing, unreadable or invalid file is one SamrepError line."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise SamrepError(f"{path}: {what} missing") from None
+    except (OSError, ValueError) as exc:
+        raise SamrepError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
+
+
+def save_tensors(path: Path, obj) -> str:
+    """torch.save `obj` atomically; returns the file's sha256."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+    return sha256_bytes(buf.getvalue())
+
+
+def remove(path: Path) -> None:
+    """Remove a file or folder (missing is fine), refusing anything outside the granted folders."""
+    real = _checked(path, "remove")
+    if real.is_dir() and not Path(path).is_symlink():
+        shutil.rmtree(real, ignore_errors=True)
+    else:
+        Path(path).unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Remove temporaries (".<name>.<random>.tmp", "*.tmp<pid>" folders) of dead processes."""
+    n = 0
+    for p in Path(folder).rglob("*.tmp*") if Path(folder).is_dir() else []:
+        pid = p.name.rsplit(".tmp", 1)[1]
+        if (
+            p.name.startswith(".")
+            and p.name.endswith(".tmp")
+            or (pid.isdigit() and not _alive(int(pid)))
+        ):
+            remove(p)
+            n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(path: Path) -> str | None:
+    """A cheap fingerprint of a file or folder: (name, size, mtime) of each file; None if absent."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if not path.exists():
+        return None
+    entries = [
+        [
+            p.relative_to(path).as_posix() if p != path else p.name,
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+        ]
+        for p in files
+        if not p.name.startswith(".")
+    ]
+    return sha256_bytes(json.dumps(entries).encode())
+
+
+def code_digest(*modules: str) -> str:
+    """sha256 of the named samrep modules' source ("timing", "backends/fast", "fast/" for a
+    whole folder): a result's stamp names only the code it depends on."""
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        target = PACKAGE / name
+        files = sorted(target.rglob("*.py")) if name.endswith("/") else [target.with_suffix(".py")]
+        for f in files:  # a module not (yet) there hashes as absent
+            data = f.read_bytes() if f.is_file() else b"<absent>"
+            h.update(f.relative_to(PACKAGE).as_posix().encode() + b"\0" + data + b"\0")
+    return h.hexdigest()[:16]
+
+
+def digest(stamp: dict) -> str:
+    """The digest of a stamp (a JSON-able mapping of what a result depends on)."""
+    return sha256_bytes(json.dumps(stamp, sort_keys=True, default=str).encode())[:32]
+
+
+def is_fresh(stored: str | None, stamp: dict) -> bool:
+    """The one freshness check: a stored digest is fresh when it is the digest of `stamp`."""
+    return stored is not None and stored == digest(stamp)
