@@ -32,6 +32,7 @@ report: $(SETUP)
 lint: $(SETUP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(dir $(PY))lint-imports
 
 # The report's browser test drives the system's Chromium (tests/browser.py); without one it skips.
 browser:

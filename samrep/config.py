@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from samrep.errors import SamrepError
 from samrep.store import REPO_ROOT, sha256_bytes
 
-PARAMS_DIR = Path(os.environ.get("SAMREP_PARAMS_DIR") or REPO_ROOT / "params")
+PARAMS_DIR = REPO_ROOT / "params"  # SAMREP_PARAMS_DIR moves it (tests, private configs)
 Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]
 # Folders of the repository that hold code, configuration or the environment: never outputs.
 PROTECTED = (".git", ".venv", "samrep", "params", "notebooks", "tests", "tools", ".ci")
@@ -232,10 +232,11 @@ def load_params(hw: str) -> HwParams:
     """Load and check `params/<hw>.yaml` (`hw` a name; SAMREP_PARAMS_DIR moves the folder)."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", hw or ""):
         raise SamrepError(f"--hw '{hw}': a hw is a name of params/ (letters, digits, '-', '_')")
-    path = PARAMS_DIR / f"{hw}.yaml"
+    folder = Path(os.environ.get("SAMREP_PARAMS_DIR") or PARAMS_DIR)
+    path = folder / f"{hw}.yaml"
     where = str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
         raise SamrepError(f"{where}: no such params file (known hw: {known})")
     data = path.read_bytes()[: MAX_PARAMS_BYTES + 1]
     if len(data) > MAX_PARAMS_BYTES:

@@ -1,242 +1,99 @@
-"""params/<hw>.yaml: every shipped file loads; every bad file is one SamrepError naming file and key."""
+"""Params as declared schemas: every bad value is one line naming the file and the key path."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import yaml
 
-from samrep.backends import BACKENDS
-from samrep.config import PARAMS_DIR, REPO_ROOT, HwParams, load_params
 from samrep.errors import SamrepError
 
-SHIPPED = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+RUN = {"backend": "torch", "precision": "fp32", "bs": 1, "phase": "val"}
+CASES = [  # (override of params/tiny.yaml, words the one-line error must contain)
+    ({"runs": [RUN | {"bs": 0}]}, "runs[0].bs: must be >= 1, got 0"),
+    ({"runs": [RUN | {"bs": "two"}]}, "runs[0].bs"),
+    ({"runs": [RUN | {"precision": "fp64"}]}, "runs[0].precision: must be one of"),
+    ({"runs": [RUN | {"phase": "train"}]}, "runs[0].phase"),
+    ({"runs": [RUN | {"colour": "red"}]}, "runs[0].colour: unknown key"),
+    ({"runs": [RUN, RUN]}, "listed twice"),
+    ({"runs": [RUN | {"bs": 5}]}, "larger than data.datasize"),
+    ({"runs": []}, "runs"),
+    ({"speed": 3}, "speed: unknown key"),
+    ({"device": "tpu"}, "device: must be one of"),
+    ({"peaks": {"fp32": {"flops": -1, "source": "x"}}}, "peaks.fp32.flops: must be > 0"),
+    ({"peaks": {"fp32": {"flops": float("inf"), "source": "x"}}}, "peaks.fp32.flops: must be a finite number"),
+    ({"peaks": {"fp64": {"flops": 1e12, "source": "x"}}}, "peaks.fp64"),
+    ({"peaks": {"fp16": {"flops": 1e12}}}, "peaks.fp16.source: missing required key"),
+    ({"memory_sample_ms": 0}, "memory_sample_ms: must be >= 0.1"),
+    ({"model": {"seed": -1}}, "model.seed: must be >= 0"),
+    ({"model": {"arch": "vit_z"}}, "model.arch: must be one of"),
+    ({"data": {"warmup": 10**9}}, "data.warmup: must be <= 10000"),
+    ({"data": {"datasize": 0}}, "data.datasize: must be >= 1"),
+    ({"data": {"point": [1, 2]}}, "point: only for an image path"),
+    ({"data": {"image": "data/x.png"}}, "needs its prompt point"),
+    ({"world_size": 0}, "world_size"),
+    ({"report_dir": "."}, "report_dir: '.' is the repository root"),
+    ({"report_dir": "../elsewhere"}, "outside the repository"),
+    ({"report_dir": "samrep/out"}, "inside 'samrep/'"),
+    ({"report_dir": ".venv/out"}, "inside '.venv/'"),
+    ({"report_dir": "README.md"}, "is a file, not a folder"),
+    ({"data": {"data_dir": "/tmp"}}, "data.data_dir: '/tmp' is outside the repository"),
+]
 
 
-def base_params() -> dict:
-    """A valid params mapping (the shipped tiny.yaml), to break one key at a time."""
-    return yaml.safe_load((PARAMS_DIR / "tiny.yaml").read_text())
+@pytest.mark.parametrize("over,words", CASES, ids=[w[:40] for _, w in CASES])
+def test_a_bad_value_is_one_line_naming_file_and_key(make_params, over, words):
+    with pytest.raises(SamrepError) as exc:
+        make_params("bad", **over)
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith(str(make_params.folder / "bad.yaml"))
+    assert words in message, message
 
 
-def write(tmp_path: Path, content: dict | str, name: str = "bad.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
-    return path
+TEXT_CASES = [
+    (b"hw: bad\n\xff\xfe: 1\n", "not UTF-8 text"),
+    (b"a: &x [1]\nb: *x\n", "aliases are not allowed"),
+    (b"hw: bad\nhw: other\n", "duplicate key 'hw'"),
+    (b"a: " + b"[" * 60 + b"]" * 60 + b"\n", "nesting deeper"),
+    (b"hw: [unclosed\n", "malformed YAML"),
+    (b"- just a list\n", "expected a mapping"),
+]
 
 
-def expect_error(path: Path, *fragments: str) -> str:
-    """load_params(path) must raise SamrepError whose message names the file and every fragment."""
-    with pytest.raises(SamrepError) as info:
-        load_params(str(path))
-    message = str(info.value)
-    assert str(path) in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    assert "\n" not in message, message
-    return message
+@pytest.mark.parametrize("text,words", TEXT_CASES, ids=[w for _, w in TEXT_CASES])
+def test_a_bad_file_is_one_line(make_params, text, words):
+    from samrep.config import load_params
+
+    (make_params.folder / "bad.yaml").write_bytes(text)
+    with pytest.raises(SamrepError) as exc:
+        load_params("bad")
+    assert words in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_shipped_params_are_found():
-    assert {"cpu", "tiny", "a100", "h200"} <= set(SHIPPED)
+@pytest.mark.parametrize("hw", ["../params/tiny", "/etc/passwd", "a b", ""])
+def test_hw_is_a_name_not_a_path(hw):
+    from samrep.config import load_params
+
+    with pytest.raises(SamrepError, match="a hw is a name"):
+        load_params(hw)
 
 
-@pytest.mark.parametrize("hw", SHIPPED)
-def test_shipped_params_load(hw):
-    params = load_params(hw)
-    assert isinstance(params, HwParams)
-    assert params.hw == hw
-    assert params.path == f"params/{hw}.yaml"
-    assert params.runs, hw
-    assert all(run.backend in BACKENDS for run in params.runs)
-    assert all(run.bs <= params.data.datasize for run in params.runs)
-    assert params.data_path.is_relative_to(REPO_ROOT)
-    assert len(params.sha256) == 64
-    # the same file by path gives the same parsed content
-    assert load_params(str(PARAMS_DIR / f"{hw}.yaml")).sha256 == params.sha256
+def test_every_committed_params_file_loads():
+    from samrep.config import PARAMS_DIR, load_params
+    from samrep.stages import check_rows
+
+    for path in sorted(PARAMS_DIR.glob("*.yaml")):
+        check_rows(load_params(path.stem))
 
 
-def test_relative_yaml_path_from_repo_root(monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)
-    params = load_params("params/tiny.yaml")
-    assert params.hw == "tiny"
-    assert params.path == "params/tiny.yaml"
+@pytest.mark.parametrize("run,words", [
+    (RUN | {"backend": "tensorflow"}, "runs[0].backend: unknown backend 'tensorflow'"),
+    (RUN | {"backend": "torch", "precision": "fp8"}, "runs[0].precision: backend 'torch' has no fp8"),
+    (RUN | {"backend": "inductor", "options": {"mode": "fastest"}}, "runs[0].options.mode"),
+    (RUN | {"backend": "inductor", "options": {"colour": 1}}, "runs[0].options.colour: unknown key"),
+])
+def test_rows_are_checked_against_their_backend(make_params, run, words):
+    from samrep.stages import check_rows
 
-
-def test_valid_copy_in_tmp_loads(tmp_path):
-    """The base of every error test below is itself valid: each error comes from the one change."""
-    params = load_params(str(write(tmp_path, base_params(), "ok.yaml")))
-    assert params.hw == "tiny"
-    assert params.path == str(tmp_path / "ok.yaml")
-
-
-def test_malformed_yaml(tmp_path):
-    path = write(tmp_path, "hw: tiny\ndevice: cpu\nruns: [\n  {backend: torch\n")
-    message = expect_error(path, "malformed YAML")
-    assert " line " in message
-
-
-def test_top_level_not_a_mapping(tmp_path):
-    expect_error(write(tmp_path, "- just\n- a list\n"), "mapping")
-
-
-def test_unknown_top_level_key(tmp_path):
-    raw = base_params()
-    raw["colour"] = "red"
-    expect_error(write(tmp_path, raw), "colour", "unknown key")
-
-
-def test_unknown_nested_key(tmp_path):
-    raw = base_params()
-    raw["model"]["foo"] = 1
-    expect_error(write(tmp_path, raw), "model.foo", "unknown key")
-
-
-def test_unknown_key_in_a_run(tmp_path):
-    raw = base_params()
-    raw["runs"][1]["batch"] = 2
-    expect_error(write(tmp_path, raw), "runs[1].batch", "unknown key")
-
-
-def test_wrong_type(tmp_path):
-    raw = base_params()
-    raw["data"]["datasize"] = "ten"
-    expect_error(write(tmp_path, raw), "data.datasize", "expected int", "'ten'")
-
-
-def test_bool_is_not_an_int(tmp_path):
-    raw = base_params()
-    raw["data"]["repeat"] = True
-    expect_error(write(tmp_path, raw), "data.repeat", "expected int")
-
-
-def test_wrong_type_bool(tmp_path):
-    raw = base_params()
-    raw["model"]["allow_synthetic"] = "yes please"
-    expect_error(write(tmp_path, raw), "model.allow_synthetic", "expected bool")
-
-
-def test_unknown_hw_lists_known():
-    with pytest.raises(SamrepError) as info:
-        load_params("no_such_hw")
-    message = str(info.value)
-    assert "no_such_hw.yaml" in message
-    for hw in SHIPPED:
-        assert hw in message
-
-
-def test_missing_yaml_file(tmp_path):
-    path = tmp_path / "absent.yaml"
-    with pytest.raises(SamrepError) as info:
-        load_params(str(path))
-    assert str(path) in str(info.value)
-
-
-def test_unknown_backend_lists_known(tmp_path):
-    raw = base_params()
-    raw["runs"][0]["backend"] = "warp9"
-    message = expect_error(write(tmp_path, raw), "runs[0].backend", "'warp9'")
-    for name in BACKENDS:
-        assert name in message
-
-
-def test_unknown_precision(tmp_path):
-    raw = base_params()
-    raw["runs"][2]["precision"] = "fp64"
-    expect_error(write(tmp_path, raw), "runs[2].precision", "fp64")
-
-
-def test_unknown_arch(tmp_path):
-    raw = base_params()
-    raw["model"]["arch"] = "vit_z"
-    expect_error(write(tmp_path, raw), "model.arch", "vit_z", "vit_h")
-
-
-@pytest.mark.parametrize("bs", [0, -1])
-def test_bs_below_one(tmp_path, bs):
-    raw = base_params()
-    raw["runs"][0]["bs"] = bs
-    expect_error(write(tmp_path, raw), "runs[0].bs", ">= 1")
-
-
-def test_bs_larger_than_datasize(tmp_path):
-    raw = base_params()
-    raw["data"]["datasize"] = 4
-    raw["runs"][1]["bs"] = 5
-    expect_error(write(tmp_path, raw), "runs[1].bs", "data.datasize")
-
-
-def test_bs_equal_to_datasize_is_fine(tmp_path):
-    raw = base_params()
-    raw["data"]["datasize"] = 2
-    assert max(run["bs"] for run in raw["runs"]) == 2
-    assert load_params(str(write(tmp_path, raw))).data.datasize == 2
-
-
-def test_duplicate_run(tmp_path):
-    raw = base_params()
-    raw["runs"].append(dict(raw["runs"][0]))
-    expect_error(write(tmp_path, raw), "runs", "listed twice")
-
-
-@pytest.mark.parametrize("data_dir", ["../outside", "/tmp/samrep-elsewhere", "data/../../x"])
-def test_data_dir_outside_repo(tmp_path, data_dir):
-    raw = base_params()
-    raw["data"]["data_dir"] = data_dir
-    expect_error(write(tmp_path, raw), "data.data_dir", "outside the repository")
-
-
-def test_report_dir_outside_repo(tmp_path):
-    raw = base_params()
-    raw["report_dir"] = "../reports"
-    expect_error(write(tmp_path, raw), "report_dir", "outside the repository")
-
-
-@pytest.mark.parametrize("key", ["hw", "device", "peaks", "runs"])
-def test_missing_required_top_level_key(tmp_path, key):
-    raw = base_params()
-    del raw[key]
-    expect_error(write(tmp_path, raw), key, "missing required key")
-
-
-def test_missing_required_key_in_a_run(tmp_path):
-    raw = base_params()
-    del raw["runs"][0]["bs"]
-    expect_error(write(tmp_path, raw), "runs[0]", "'bs'")
-
-
-def test_missing_required_key_in_a_peak(tmp_path):
-    raw = base_params()
-    del raw["peaks"]["fp32"]["source"]
-    expect_error(write(tmp_path, raw), "peaks.fp32", "'source'")
-
-
-def test_empty_runs(tmp_path):
-    raw = base_params()
-    raw["runs"] = []
-    expect_error(write(tmp_path, raw), "runs", "non-empty")
-
-
-def test_cli_bad_params_is_one_line_exit_2(tmp_path):
-    raw = base_params()
-    raw["data"]["datasize"] = "ten"
-    path = write(tmp_path, raw)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "samrep", "groundtruth", "--hw", str(path)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("samrep: error:"), lines[0]
-    assert str(path) in lines[0] and "data.datasize" in lines[0]
-    assert proc.stdout == ""
+    params = make_params("rows", runs=[run])
+    with pytest.raises(SamrepError) as exc:
+        check_rows(params)
+    assert words in str(exc.value), str(exc.value)
