@@ -24,6 +24,7 @@ from samrep.progress import log
 from samrep.store import (
     code_digest,
     digest,
+    is_fresh,
     read_json,
     remove,
     save_tensors,
@@ -76,9 +77,9 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
     data_dir = params.data_path
     sample = load_params_sample(params)
     model, weights = load_params_model(params)
-    now = digest(stamp(sample.sha256, weights.sha256, sample.spec.point))
+    now = stamp(sample.sha256, weights.sha256, sample.spec.point)
     if (data_dir / MANIFEST).is_file() and not force:
-        if read_json(data_dir / MANIFEST, "manifest").get("stamp") == now:
+        if is_fresh(read_json(data_dir / MANIFEST, "manifest").get("stamp"), now):
             gt = load_ground_truth(params)
             if all(gt.files_match.values()):
                 log(f"ground truth: reusing {data_dir} (same image, point, weights and code)")
@@ -119,7 +120,7 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
     )
     checkpoint("groundtruth:written")  # test hook: files written, the manifest not yet
     manifest = {
-        "stamp": now,
+        "stamp": digest(now),
         "image": sample.describe(),
         "weights": weights.to_dict(),
         "point": list(sample.spec.point),

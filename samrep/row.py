@@ -174,17 +174,15 @@ def _measured(ctx, run, group, repeats, base, start_state) -> Record:
         bs,
         lambda: cls(p.device, run.precision, run.options, p.data_path / "engines", bs=bs),
     )
-    checkpoint(f"evaluate:build:{run.key}")
     log(f"{run.key}: building")
     index = current_nvml_index() if p.device == "cuda" else None
     t0 = time.perf_counter()
     with MemoryMonitor(p.device, p.memory_sample_ms, index) as mon:
         _stage(
-            group, "build", bs, lambda: group.in_turn(lambda: backend.build(ctx.model, gt.inputs))
+            group, "build", bs, lambda: group.in_turn(lambda: _build(backend, ctx.model, gt, run))
         )
         build_s = time.perf_counter() - t0
         check = _stage(group, "engine check", bs, lambda: backend.verify(gt))
-        checkpoint(f"evaluate:measure:{run.key}")
         dataset = RepeatedDataset(
             gt.inputs, p.data.datasize // group.world_size, bs, pin_memory=p.device == "cuda"
         )
@@ -213,20 +211,20 @@ def _measured(ctx, run, group, repeats, base, start_state) -> Record:
                 meter,
             )
 
-        single = group.alone(lambda: one().p_core)
-        progress = Progress(f"{run.key}: measuring", len(dataset) * p.data.repeat * repeats)
+        def measurements():
+            checkpoint(f"evaluate:measure:{run.key}")  # test hook (samrep.faults)
+            single = group.alone(lambda: one().p_core)  # rank 0 alone: the single-GPU figure
+            progress = Progress(f"{run.key}: measuring", len(dataset) * p.data.repeat * repeats)
+            last = repeats - 1  # energy over the last measurement
+            timings = [
+                one(progress, group.barrier, meter if i == last else None) for i in range(repeats)
+            ]
+            progress.close()
+            return single, timings
+
         t1 = time.perf_counter()
-        timings = _stage(
-            group,
-            "measure",
-            bs,
-            lambda: [
-                one(progress, group.barrier, meter if i == repeats - 1 else None)
-                for i in range(repeats)
-            ],
-        )
+        single, timings = _stage(group, "measure", bs, measurements)
         measure_s = time.perf_counter() - t1
-        progress.close()
         emb = _stage(group, "score", bs, lambda: _embeddings(backend, gt, bs))
     timing = median_timing(timings)
     scores = score.result() | {
@@ -305,6 +303,11 @@ def _measured(ctx, run, group, repeats, base, start_state) -> Record:
         + (f"; INVALID: {', '.join(bad)}" if bad else "")
     )
     return record
+
+
+def _build(backend, model, gt, run) -> None:
+    checkpoint(f"evaluate:build:{run.key}")  # test hook (samrep.faults)
+    backend.build(model, gt.inputs)
 
 
 def _embeddings(backend, gt, bs: int):

@@ -29,7 +29,7 @@ from samrep.record import Record, read_record
 from samrep.row import RowContext, row_stamp, run_row
 from samrep.store import (
     confine,
-    digest,
+    is_fresh,
     read_json,
     remove_stale_temporaries,
     write_bytes,
@@ -119,7 +119,7 @@ def stored(params: HwParams, run: RunParams, gt_stamp: str, world_size: int = 1)
             z["masks"].shape  # noqa: B018  (a damaged masks file raises here)
     except (SamrepError, ValueError, OSError, KeyError):
         return None
-    fresh = rec.status == "ok" and rec.stamp == digest(row_stamp(params, run, gt_stamp, world_size))
+    fresh = rec.status == "ok" and is_fresh(rec.stamp, row_stamp(params, run, gt_stamp, world_size))
     return rec if fresh else None
 
 

@@ -58,7 +58,9 @@ class ParamsFactory:
         base = yaml.safe_load((REPO / "params" / "tiny.yaml").read_text())
         tag = f"pytest-{name}-{uuid.uuid4().hex[:6]}"
         self.made += [REPO / "data" / tag, REPO / "reports" / tag]
-        base = _merge(base, {"hw": name, "data": {"data_dir": f"data/{tag}"}, "report_dir": f"reports/{tag}"})
+        base = _merge(
+            base, {"hw": name, "data": {"data_dir": f"data/{tag}"}, "report_dir": f"reports/{tag}"}
+        )
         return _merge(base, over)
 
     def write(self, raw: dict | str, name: str = "t") -> Path:

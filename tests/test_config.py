@@ -19,7 +19,10 @@ CASES = [  # (override of params/tiny.yaml, words the one-line error must contai
     ({"speed": 3}, "speed: unknown key"),
     ({"device": "tpu"}, "device: must be one of"),
     ({"peaks": {"fp32": {"flops": -1, "source": "x"}}}, "peaks.fp32.flops: must be > 0"),
-    ({"peaks": {"fp32": {"flops": float("inf"), "source": "x"}}}, "peaks.fp32.flops: must be a finite number"),
+    (
+        {"peaks": {"fp32": {"flops": float("inf"), "source": "x"}}},
+        "peaks.fp32.flops: must be a finite number",
+    ),
     ({"peaks": {"fp64": {"flops": 1e12, "source": "x"}}}, "peaks.fp64"),
     ({"peaks": {"fp16": {"flops": 1e12}}}, "peaks.fp16.source: missing required key"),
     ({"memory_sample_ms": 0}, "memory_sample_ms: must be >= 0.1"),
@@ -84,12 +87,21 @@ def test_every_committed_params_file_loads():
         check_rows(load_params(path.stem))
 
 
-@pytest.mark.parametrize("run,words", [
-    (RUN | {"backend": "tensorflow"}, "runs[0].backend: unknown backend 'tensorflow'"),
-    (RUN | {"backend": "torch", "precision": "fp8"}, "runs[0].precision: backend 'torch' has no fp8"),
-    (RUN | {"backend": "inductor", "options": {"mode": "fastest"}}, "runs[0].options.mode"),
-    (RUN | {"backend": "inductor", "options": {"colour": 1}}, "runs[0].options.colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    "run,words",
+    [
+        (RUN | {"backend": "tensorflow"}, "runs[0].backend: unknown backend 'tensorflow'"),
+        (
+            RUN | {"backend": "torch", "precision": "fp8"},
+            "runs[0].precision: backend 'torch' has no fp8",
+        ),
+        (RUN | {"backend": "inductor", "options": {"mode": "fastest"}}, "runs[0].options.mode"),
+        (
+            RUN | {"backend": "inductor", "options": {"colour": 1}},
+            "runs[0].options.colour: unknown key",
+        ),
+    ],
+)
 def test_rows_are_checked_against_their_backend(make_params, run, words):
     from samrep.stages import check_rows
 
