@@ -23,6 +23,7 @@ STAGES = {
     "report": "the whole chain with papermill + nbconvert -> reports/<hw>/index.html",
     "bench": "one configuration, printed: p_infer_core, latency, MFU, acc, IoU, memory, energy",
     "steps": "the fast backend's optimisation steps, one on top of the other -> steps.json",
+    "interactive": "prompt encoder + mask decoder on cached embeddings: ms/click, prompts/s",
 }
 
 
@@ -153,6 +154,10 @@ def _run(args) -> int:
                 f"--bs: {run.bs} is larger than data.datasize {params.data.datasize} of {params.path}"
             )
         return 0 if bench(params, run, args.repeats).status == "ok" else 1
+    elif args.stage == "interactive":
+        from samrep.interactive import interactive
+
+        interactive(params)
     elif args.stage == "steps":
         from samrep.bench import steps
 

@@ -1,0 +1,89 @@
+"""Interactive use, SAM's everyday workload: the image is embedded once, then every click runs
+the prompt encoder and mask decoder alone on the cached image embeddings.
+
+Timed like the core region (sync, forward, sync) on the params' device, fp32 as in every backend:
+- ms per click: one point, one image (batch 1), the latency a user waits after a click;
+- prompts/s with 16 and 64 points per image (one prompt of one point each, batched as
+  transformers' point_batch_size): the throughput of automatic or batched prompting.
+This decoder is the one the torch, inductor and fast backends run (HF SamModel's, fp32); the
+ONNX engines' decoder graphs take one point per image and are not timed here.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from samrep.config import HwParams
+from samrep.env import environment
+from samrep.progress import log
+from samrep.row import RowContext
+from samrep.stages import hw_lock, prepare
+from samrep.store import write_json
+
+POINTS = (1, 16, 64)
+
+
+def _time(fn, device: torch.device, iters: int) -> list[float]:
+    """Seconds per call of fn() after 3 warm-up calls, each synchronised like the core region."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        fn()
+    out = []
+    for _ in range(iters):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def interactive(params: HwParams, iters: int | None = None) -> dict:
+    """Time the decoder side per click and per batch of prompts -> reports/<hw>/interactive.json."""
+    prepare(params, [])
+    with hw_lock(params):
+        ctx = RowContext.load(params)
+        device = torch.device(params.device)
+        iters = iters or (20 if device.type == "cuda" else 3)  # a CPU click takes ~0.1-1 s
+        model = ctx.model.to(device)
+        emb = ctx.gt.ref_embeddings.to(device)  # the fp32 reference embeddings of the sample
+        point = ctx.gt.inputs.input_points.to(device)  # (1, 1, 1, 2) in the 1024 frame
+        rows = []
+        with torch.inference_mode():
+            for n in POINTS:
+                # n prompts of one point each, spread around the sample's point
+                pts = point.expand(1, n, 1, 2) + torch.linspace(-64, 64, n, device=device).view(
+                    1, n, 1, 1
+                )
+
+                def decode(pts=pts):
+                    return model(image_embeddings=emb, input_points=pts, multimask_output=True)
+
+                s = _time(decode, device, iters)
+                ms = 1000 * statistics.median(s)
+                rows.append(
+                    {
+                        "points_per_image": n,
+                        "ms_per_call_p50": ms,
+                        "ms_per_call_p90": 1000 * sorted(s)[int(0.9 * (len(s) - 1))],
+                        "prompts_per_s": n / statistics.median(s),
+                    }
+                )
+                log(
+                    f"interactive: {n} point(s) per image: {ms:.2f} ms per call, {rows[-1]['prompts_per_s']:.1f} prompts/s"
+                )
+        ctx.model.to("cpu")
+        out = {
+            "device": environment(params.device).get("device"),
+            "precision": "fp32",
+            "decoder": "HF SamModel prompt encoder + mask decoder (torch, inductor, fast)",
+            "iters": iters,
+            "rows": rows,
+            "ms_per_click": rows[0]["ms_per_call_p50"],
+            "environment": environment(params.device),
+        }
+        write_json(params.report_path / "interactive.json", out)
+    return out
