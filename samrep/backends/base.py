@@ -81,7 +81,9 @@ class Backend(ABC):
         """(B,3,1024,1024), (B,1,1,2) on the device -> (B,3,256,256) logits, (B,3) scores."""
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
-        """(B,3,1024,1024) -> (B,256,64,64) image embeddings, where the engine exposes them."""
+        """(B,3,1024,1024) -> (B,256,64,64) image embeddings, where the engine exposes them
+        (an extra encoder pass after the measurement; a backend whose `run` keeps its last
+        embeddings in `self.last_embeddings` spares it)."""
         return None
 
     def framework_peak_gib(self) -> float | None:
@@ -115,8 +117,9 @@ class MixedPrecisionSam(torch.nn.Module):
     """HF SamModel on a device with the image encoder in the precision; the prompt encoder and
     mask decoder (0.06% of the FLOPs) stay fp32 so the point is never rounded (defect 3)."""
 
-    def __init__(self, model, device: torch.device, precision: str):
+    def __init__(self, model, device: torch.device, precision: str, keep_embeddings=False):
         super().__init__()
+        self.keep_embeddings, self.last_embeddings = keep_embeddings, None
         self.dtype = DTYPES[precision]
         share = device.type == "cpu" and self.dtype == torch.float32  # share the fp32 weights
         self.model = model if share else copy.deepcopy(model).to(device)
@@ -129,5 +132,7 @@ class MixedPrecisionSam(torch.nn.Module):
     def forward(self, pixel_values, input_points):
         """-> low_res_masks (B,3,256,256) fp32 logits, iou_scores (B,3) fp32."""
         emb = self.embed(pixel_values)
+        if self.keep_embeddings:  # a reference, no copy (eager only: not under torch.compile)
+            self.last_embeddings = emb
         out = self.model(image_embeddings=emb, input_points=input_points, multimask_output=True)
         return out.pred_masks[:, 0].float(), out.iou_scores[:, 0].float()
