@@ -132,11 +132,14 @@ def _run(args) -> int:
     elif args.stage == "summary":
         import pandas as pd
 
-        from samrep.report import spec_table
-        from samrep.results import current_records
+        from samrep.tables import load_records, spec_table
 
+        records, problems = load_records(params.report_path, [run.key for run in params.runs])
+        table, notes = spec_table(records)
         with pd.option_context("display.max_columns", None, "display.width", 250):
-            print(spec_table(current_records(params)).to_string(index=False))
+            print(table.replace(r"<sup>(\d+)</sup>", r" [\1]", regex=True).to_string(index=False))
+        for i, line in enumerate(notes + problems, 1):
+            print(f"[{i}] {line}" if i <= len(notes) else f"could not read {line}")
     return 0
 
 

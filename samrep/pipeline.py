@@ -8,8 +8,6 @@ reports/index.html links every hardware report.
 
 from __future__ import annotations
 
-import html
-import json
 import os
 import time
 from pathlib import Path
@@ -86,7 +84,7 @@ def _nbconvert_template_dirs() -> list[str]:
     return [str(beside)] if (beside / "lab" / "conf.json").is_file() else []
 
 
-def render_html(notebook: Path, target: Path) -> Path:
+def render_html(notebook: Path, target: Path, title: str = "") -> Path:
     """nbconvert to one self-contained HTML file: code hidden, images embedded as data URIs,
     no scripts loaded from anywhere."""
     import nbformat
@@ -94,6 +92,7 @@ def render_html(notebook: Path, target: Path) -> Path:
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
+    nb.metadata["title"] = title or nb.metadata.get("title") or notebook.stem
     extra = _nbconvert_template_dirs()
     exporter = HTMLExporter(
         # Given here, as the constructor resolves the template. [cwd] is nbconvert's default;
@@ -114,30 +113,18 @@ def render_html(notebook: Path, target: Path) -> Path:
 
 
 def write_index(reports_dir: Path = REPO_ROOT / "reports") -> Path:
-    """reports/index.html: a link to every hardware report, and the published A100 rows."""
-    from samrep.report import PUBLISHED_A100, PUBLISHED_NOTE
+    """reports/index.html: every hardware report with its headline line, and the published rows."""
+    from samrep.tables import headline_line, index_html, load_records
 
-    items = []
+    entries = []
     for page in sorted(reports_dir.glob("*/index.html")):
-        hw = page.parent.name
-        meta = page.parent / "summary.json"
-        extra = ""
-        if meta.is_file():
-            info = json.loads(meta.read_text())
-            extra = f" — {html.escape(str(info.get('device', '')))}, weights: " + html.escape(
-                str(info.get("weights", ""))
-            )
-        items.append(f'<li><a href="{hw}/index.html">{html.escape(hw)}</a>{extra}</li>')
-    body = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>samrep reports</title></head>"
-        "<body><h1>samrep: SAM ViT-H inference reports</h1><ul>"
-        + "".join(items)
-        + "</ul><h2>Published reference (FlagPerf sam_h)</h2>"
-        + PUBLISHED_A100.to_html(index=False)
-        + f"<p>{html.escape(PUBLISHED_NOTE)}</p></body></html>"
-    )
+        records, _ = load_records(page.parent)
+        device = next((r.environment.get("device") for r in records if r.environment), "")
+        line = headline_line(records)
+        entries.append({"hw": page.parent.name, "href": f"{page.parent.name}/index.html"})
+        entries[-1].update(device=device, line=line)
     target = reports_dir / "index.html"
-    atomic_write_bytes(target, body.encode())
+    atomic_write_bytes(target, index_html(entries).encode())
     return target
 
 
@@ -197,7 +184,7 @@ def run_report(hw: str, force: bool = False):
             execute_notebook(name, params, parameters)
             if summary:
                 checkpoint("report:render")
-                render_html(out, page)
+                render_html(out, page, f"samrep report: {hw}")
         except Exception as exc:  # SamrepError (the notebook raised), a dead kernel, ...
             if not isinstance(exc, SamrepError):
                 exc = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -207,7 +194,7 @@ def run_report(hw: str, force: bool = False):
             resume.write_stage(params, name, "failed", time.perf_counter() - t0, str(exc))
             failed_copy = out.with_name(f"{name}.failed.ipynb")
             if summary and failed_copy.is_file():  # render what can be rendered
-                render_html(failed_copy, page)
+                render_html(failed_copy, page, f"samrep report: {hw} (summary failed)")
             continue
         resume.write_stage(params, name, "ok", time.perf_counter() - t0)
         outcome.ran.append(name)
