@@ -20,7 +20,6 @@ CSS = """<style>
 .jp-RenderedHTMLCommon table { font-size: 12px; table-layout: auto; margin: 0 0 1em 0; }
 .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { padding: 2px 6px; text-align: left; }
 .jp-RenderedImage img, img { max-width: 100%; height: auto; }
-.samrep-notes { font-size: 11px; color: #444; }
 </style>"""
 
 
@@ -34,31 +33,31 @@ def table(df, notes: list[str] = ()) -> None:
     """A table with numbered footnotes under it."""
     html = df.to_html(index=False, escape=False, border=0, na_rep="–")
     items = "".join(f"<li>{n}</li>" for n in notes)
-    display(HTML(html + (f"<ol class='samrep-notes'>{items}</ol>" if items else "")))
+    display(HTML(html + (f"<ol style='font-size: 11px'>{items}</ol>" if items else "")))
 
 
 def figure(fig, jpeg: bool = False, dpi: int = 72) -> None:
     """Embed a figure: PNG for plots, JPEG for images (a fraction of the size), then close it."""
     buf = io.BytesIO()
-    fig.savefig(
-        buf, format="jpeg" if jpeg else "png", dpi=dpi, pil_kwargs={"quality": 80} if jpeg else None
-    )
+    fmt = "jpeg" if jpeg else "png"
+    fig.savefig(buf, format=fmt, dpi=dpi, pil_kwargs={"quality": 80} if jpeg else None)
     plt.close(fig)
-    display(Image(buf.getvalue(), format="jpeg" if jpeg else "png"))
+    display(Image(buf.getvalue(), format=fmt))
 
 
 def header(params, data: ReportData) -> None:
     """Title, what it ran on (the commit once), the weights' meaning, what could not be read."""
     recs = data.records
-    env = next((r.environment for r in recs if r.environment), {})
-    inputs = next((r.inputs for r in recs if r.inputs), {})
+    first = next((r for r in recs if r.environment and r.inputs), None)
+    env, inputs = (first.environment, first.inputs) if first else ({}, {})
     image, weights = inputs.get("image") or {}, inputs.get("weights") or {}
+    versions = env.get("versions") or {}
     lines = [
         CSS,
         f"# samrep report: {params.hw}\n{params.description}\n",
         f"**{env.get('device', '?')}**, driver {env.get('driver', '–')}, CUDA {env.get('cuda', '–')}"
-        f"; CPU {env.get('cpu', '?')}; torch {(env.get('versions') or {}).get('torch')}, "
-        f"transformers {(env.get('versions') or {}).get('transformers')}; "
+        f"; CPU {env.get('cpu', '?')}; torch {versions.get('torch')}, "
+        f"transformers {versions.get('transformers')}; "
         f"commit **{tables.commits(recs)}**; params `{params.path}`.",
         f"Image {image.get('name', '?')}, point {image.get('point')}; weights "
         f"{weights.get('name', '?')}; dataset {params.data.datasize} copies x "

@@ -98,15 +98,7 @@ def load_report(folder: Path, data_dir: Path | None = None, keys=None) -> Report
     return data
 
 
-LABELS = {
-    "bs": "batch size",
-    "p_core": "p_core [images/s]",
-    "acc": "acc (pixel agreement with the ground truth)",
-    "latency_p50_ms": "latency per batch, p50 (bar: to p99) [ms]",
-    "mem_peak_gib": "peak memory [GiB]",
-    "img_per_j": "images per joule",
-    "mfu": "MFU (true FLOPs / peak)",
-}
+LABELS = {"bs": "batch size", "p_core": "p_core [images/s]", "acc": "acc (pixel agreement)"}
 MISSED, EXTRA = (0.9, 0.05, 0.05), (0.1, 0.35, 1.0)  # in the ground truth only / prediction only
 
 
@@ -121,25 +113,20 @@ def plot_metric(df: pd.DataFrame, y: str, x: str = "bs", ax=None, upper: str | N
     drawn as a bar above each point (e.g. the p99 latency over the p50)."""
     ax = ax or plt.subplots(figsize=(6, 3.6))[1]
     ok = df[(df["status"] == "ok") & df[y].notna() & df[x].notna()] if len(df) else df
-    for name, g in (
-        sorted(ok.groupby(ok.apply(_group, axis=1)), key=lambda kv: kv[0]) if len(ok) else []
-    ):
+    for name, g in ok.groupby(ok.apply(_group, axis=1)) if len(ok) else []:
         g = g.sort_values("bs")
         (line,) = ax.plot(g[x], g[y], marker="o", ms=4, label=name, lw=1 if x == "bs" else 0.6)
         if upper:
             ax.vlines(g[x], g[y], g[upper], color=line.get_color(), lw=2, alpha=0.5)
         if x != "bs":
             for xi, yi, bs in zip(g[x], g[y], g["bs"], strict=True):
-                ax.annotate(
-                    f"bs{bs}", (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points"
-                )
+                ax.annotate(f"bs{bs}", (xi, yi), fontsize=6)
     if x == "bs":
         ax.set_xscale("log", base=2)
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
     ax.grid(alpha=0.3)
-    if len(ok):
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=7) if len(ok) else None
     return ax
 
 
@@ -151,8 +138,7 @@ def plot_bars(labels: list[str], values: list[float], ax=None, xlabel: str = "",
         ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
     for i, (name, x) in enumerate((refs or {}).items()):
         ax.axvline(x, color=f"C{i + 1}", ls="--", lw=1, label=name)
-    if refs:
-        ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right") if refs else None
     ax.set_xlabel(xlabel)
     ax.tick_params(axis="y", labelsize=7)
     return ax
@@ -164,7 +150,8 @@ def headline_figure(records: list, df: pd.DataFrame):
     plot_metric(df, "p_core", x="acc", ax=a)
     a.set_title("Throughput against agreement, one point per engine, precision and bs", fontsize=8)
     best = best_rows(records)
-    refs = {f"A100 TensorRT {p} (published)": v for p, v in PUBLISHED_P_CORE.items()}
+    top = max((r.timing.p_core for r in best), default=0)  # a reference far off hides the bars
+    refs = {f"A100 TRT {p} (published)": v for p, v in PUBLISHED_P_CORE.items() if v < 3 * top}
     plot_bars([label(r) for r in best], [r.timing.p_core for r in best], b, LABELS["p_core"], refs)
     b.set_title("Each engine's best p_core", fontsize=8)
     fig.tight_layout()
@@ -206,8 +193,7 @@ def mask_overlay(ax, image, gt: np.ndarray, pred: np.ndarray, window=None, r: in
     for where, colour in ((gt & ~pred, MISSED), (pred & ~gt, EXTRA)):
         rgb = np.where(dilate(where, r)[..., None] if r else where[..., None], colour, rgb)
     ax.imshow(rgb[window], interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
 
 
 def masks_figure(image, gt: np.ndarray, rows: list[tuple[str, np.ndarray, list[int]]]):
@@ -225,12 +211,9 @@ def masks_figure(image, gt: np.ndarray, rows: list[tuple[str, np.ndarray, list[i
             win = cluster_window(diff)
             mask_overlay(ax_row[2 * i], image, gt[i], p, r=r)
             mask_overlay(ax_row[2 * i + 1], image, gt[i], p, window=win, r=max(1, r // 2))
-            ax_row[2 * i].set_title(
-                f"mask {i}: {100 * (1 - diff.mean()):.3f}% agree, {diff.sum()} px differ",
-                fontsize=7,
-            )
-            n_in = diff[win].sum()
-            ax_row[2 * i + 1].set_title(f"zoom: {n_in} of the {diff.sum()} px", fontsize=7)
+            agree = f"mask {i}: {100 * (1 - diff.mean()):.3f}% agree, {diff.sum()} px differ"
+            ax_row[2 * i].set_title(agree, fontsize=7)
+            ax_row[2 * i + 1].set_title(f"zoom: {diff[win].sum()} of them", fontsize=7)
         ax_row[0].set_ylabel(title, fontsize=7)
     fig.tight_layout(h_pad=0.3, w_pad=0.2)
     return fig
@@ -239,15 +222,13 @@ def masks_figure(image, gt: np.ndarray, rows: list[tuple[str, np.ndarray, list[i
 def plot_ground_truth(image, gt: np.ndarray, point, title: str = ""):
     """The image with its prompt point, then each ground-truth mask (smallest first)."""
     fig, axes = plt.subplots(1, 1 + len(gt), figsize=(3.2 * (1 + len(gt)), 3))
-    if image is not None:
-        axes[0].imshow(image)
+    axes[0].imshow(image if image is not None else np.ones((*gt.shape[1:], 3)))
     for i, ax in enumerate(axes):
         if i:
             mask_overlay(ax, image, gt[i - 1], gt[i - 1])
             ax.set_title(f"sam_gt_{i - 1}.pt: {100 * gt[i - 1].mean():.1f}% of pixels", fontsize=8)
         ax.plot(*point, marker="*", color="cyan", markersize=12, markeredgecolor="k")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
     axes[0].set_title(title, fontsize=8)
     fig.tight_layout()
     return fig

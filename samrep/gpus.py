@@ -1,9 +1,8 @@
 """Common NVIDIA data-centre and workstation GPUs: dense peak FLOP/s per precision, memory.
 
-`detect()` matches the NVML name of GPU 0 against `GPUS`; `auto_params()` is the hw params
-mapping of `make report HW=auto` (the cpu params when there is no GPU). Peaks are dense (the
-datasheets' "with sparsity" figures halved) with FP32 accumulation where GeForce parts differ;
-a GPU this table does not know runs with no peaks, so its MFU reads "not available: peak unknown".
+`detect()` matches GPU 0's NVML name against `GPUS`; `auto_params()` is the hw params mapping of
+`make report HW=auto` (the cpu params without a GPU). A GPU not in the table runs with no peaks:
+its MFU reads "not available: peak unknown".
 """
 
 from __future__ import annotations
@@ -20,16 +19,18 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
 class Gpu:
     name: str  # regex, full match on the NVML name, lower case, "nvidia "/"tesla " dropped
     label: str
-    memory_gb: int
-    tflops: tuple  # dense peak TFLOP/s for PRECISIONS; None where the GPU lacks it
+    memory_gb: str
+    tflops: str  # dense peak TFLOP/s for PRECISIONS, "-" where the GPU lacks it
     source: str  # the datasheet's own figures
 
     def peaks(self) -> dict:
         """{precision: {flops, source}} as the hw params' `peaks` section wants it."""
+        pairs = zip(PRECISIONS, self.tflops.split(), strict=True)
+        dense = f"{self.source} -> {{}} {{}} TFLOPS dense"
         return {
-            p: {"flops": t * 1e12, "source": f"{self.source} -> {p} {t:g} TFLOPS dense"}
-            for p, t in zip(PRECISIONS, self.tflops, strict=True)
-            if t is not None
+            p: {"flops": float(t) * 1e12, "source": dense.format(p, t)}
+            for p, t in pairs
+            if t != "-"
         }
 
 
@@ -84,17 +85,11 @@ t4 | T4 16 GB | 16 | 8.1 - 65 - -
 """
 
 
-def _parse(text: str) -> list[Gpu]:
-    lines = text.splitlines()
-    out = []
-    for head, source in zip(lines[::2], lines[1::2], strict=True):
-        name, label, mem, peaks = (f.strip() for f in head.rsplit("|", 3))
-        tflops = tuple(None if t == "-" else float(t) for t in peaks.split())
-        out.append(Gpu(name, label, int(mem), tflops, source.strip()))
-    return out
-
-
-GPUS = _parse(_TABLE)
+_LINES = _TABLE.splitlines()
+GPUS = [
+    Gpu(*(f.strip() for f in head.rsplit("|", 3)), source.strip())
+    for head, source in zip(_LINES[::2], _LINES[1::2], strict=True)
+]
 # (phase, backend, precision, GiB per image, largest bs): the default rows of HW=auto. GiB per
 # image from the H200 report's peaks (HF eager fp32 bs8 24.5 GiB, bf16 bs32 44.7, fast bs32 9.8).
 AUTO_ROWS = [
@@ -129,9 +124,7 @@ def nvml_gpu() -> tuple[str, float] | None:
 
 def detect(name: str | None = None) -> Gpu | None:
     """The entry for `name` (default: GPU 0's NVML name); None for an unknown GPU or none."""
-    if name is None:
-        found = nvml_gpu()
-        name = found[0] if found else None
+    name = name or (nvml_gpu() or ("",))[0]
     return match(name) if name else None
 
 
@@ -148,15 +141,11 @@ def auto_params(gpu: tuple[str, float] | None = None) -> dict:
     peaks = entry.peaks() if entry else {}
     runs = []
     for phase, backend, precision, per_image, largest in AUTO_ROWS:
-        if entry and precision not in peaks:
-            continue  # the GPU lacks it (fp8 before Ada/Hopper, bf16 before Ampere)
-        fits = [
-            bs for bs in (1, 2, 4, 8, 16, 32) if bs <= largest and 2 + per_image * bs <= 0.8 * mem
-        ]
-        if fits:
-            runs.append(
-                {"phase": phase, "backend": backend, "precision": precision, "bs": fits[-1]}
-            )
+        # A precision the GPU lacks (fp8 before Ada/Hopper, bf16 before Ampere) is left out.
+        fits = [bs for bs in (1, 2, 4, 8, 16, 32) if 2 + per_image * bs <= 0.8 * mem]
+        if fits and (entry is None or precision in peaks):
+            runs.append(dict(phase=phase, backend=backend, precision=precision))
+            runs[-1]["bs"] = min(fits[-1], largest)
     known = entry.label if entry else "unknown to samrep.gpus: MFU not available, peak unknown"
     return {
         "hw": "auto",

@@ -18,7 +18,7 @@ from samrep.record import Record, read_record, summary
 
 SPEC_COLUMNS = ["engine", "precision", "bs", "e2e_time", "p_val_whole", "p_val_core"]
 SPEC_COLUMNS += ["p_infer_whole", "p_infer_core", "MFU", "acc", "mem"]
-PRECISIONS = ["fp32", "tf32", "fp16", "bf16", "fp8"]
+PRECISIONS, PCT = ["fp32", "tf32", "fp16", "bf16", "fp8"], (50, 90, 99)
 # Published FlagPerf sam_h rows (NVIDIA A100-SXM4-40GB, TensorRT 8.6.1, CUDA 12.1), as printed.
 PUBLISHED_A100 = pd.DataFrame(
     [
@@ -47,8 +47,7 @@ def num(x, sig: int = 3) -> str:
     return f"{x:.{max(1, sig - 1 - math.floor(math.log10(abs(x))))}f}"
 
 
-def frac(x) -> str:
-    """acc, IoU: fractions near 1, four decimals."""
+def frac(x) -> str:  # acc, IoU: fractions near 1
     return "–" if x is None else f"{x:.4f}"
 
 
@@ -70,10 +69,8 @@ def load_records(folder: Path, keys: list[str] | None = None) -> tuple[list[Reco
             records.append(read_record(json.loads(p.read_text()), p.name))
         except (OSError, ValueError) as exc:  # JSONDecodeError, pydantic's ValidationError
             problems.append(f"{p.name}: not a readable record ({str(exc).splitlines()[0]})")
-    if keys is not None:
-        by_key = {r.key: r for r in records}
-        records = [by_key[k] for k in keys if k in by_key]
-    return records, problems
+    by_key = {r.key: r for r in records}
+    return [by_key[k] for k in keys if k in by_key] if keys is not None else records, problems
 
 
 def frame(records: list[Record]) -> pd.DataFrame:
@@ -102,7 +99,10 @@ def headline(records: list[Record]) -> pd.DataFrame:
     """Per precision: the fastest row, its speed-up over HF eager (the best val torch row at that
     precision) and over the published A100 TensorRT row, its acc and IoU."""
     rows = []
-    for p in sorted({r.row.precision for r in records}, key=_precision_rank):
+    for p in sorted(
+        {r.row.precision for r in records},
+        key=lambda p: PRECISIONS.index(p) if p in PRECISIONS else 9,
+    ):
         ok = best_rows([r for r in records if r.row.precision == p])
         eager = [r for r in ok if r.row.phase == "val" and r.row.backend == "torch"]
         ref = "fp32" if p in ("fp32", "tf32") else "fp16"
@@ -120,10 +120,6 @@ def headline(records: list[Record]) -> pd.DataFrame:
 
 HEADLINE_COLUMNS = ["precision", "fastest", "p_infer_core [img/s]", "× HF eager"]
 HEADLINE_COLUMNS += ["× A100 TensorRT (published)", "acc", "IoU"]
-
-
-def _precision_rank(p: str) -> int:
-    return PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS)
 
 
 def headline_line(records: list[Record]) -> str:
@@ -161,9 +157,12 @@ def spec_table(records: list[Record], gt_seconds: float | None = None):
         def p(rec, key):
             if rec is None:
                 return "–"
+            stage = f" ({rec.failed_stage})" if rec.status == "failed" else ""
             if rec.status != "ok":
-                return rec.status.replace("_", " ") + mark(f"{rec.key}: {rec.reason}")
-            return num(getattr(rec.timing, key))
+                return rec.status.replace("_", " ") + mark(f"{rec.key}{stage}: {rec.reason}")
+            spread = (rec.timing.model_extra or {}).get(f"{key}_spread")  # with repeats
+            x = num(getattr(rec.timing, key))
+            return f"{x} [{num(spread['min'])}-{num(spread['max'])}]" if spread else x
 
         mfu = "–"
         if head.status == "ok" and head.flops:
@@ -194,9 +193,7 @@ def _pct(x) -> str:
 DETAILS = {
     "row": lambda s: s["key"],
     "p_core [img/s]": lambda s: num(s["p_core"]),
-    "latency p50/p90/p99 [ms]": lambda s: "/".join(
-        num(s[f"latency_p{q}_ms"]) for q in (50, 90, 99)
-    ),
+    "latency p50/p90/p99 [ms]": lambda s: "/".join(num(s[f"latency_p{n}_ms"]) for n in PCT),
     "MFU (3.1e12 conv.)": lambda s: _pct(s["mfu_original"]),
     "acc": lambda s: frac(s["acc"]),
     "IoU": lambda s: frac(s["iou"]),
@@ -277,7 +274,7 @@ def commits(records: list[Record]) -> str:
     counts = pd.Series([r.environment.get("git_commit") for r in records]).value_counts(sort=False)
     if len(counts) <= 1:
         return next(iter(counts.index), "unknown")
-    return ", ".join(f"{c} ({n} rows)" for c, n in counts.items())
+    return ", ".join(f"{c} ({n} row{'s' * (n != 1)})" for c, n in counts.items())
 
 
 def index_html(entries: list[dict]) -> str:

@@ -23,7 +23,7 @@ WIDTH = 1280
 
 # Everything measured in the page at once: images, tables, headings, overflow.
 _DOM = """() => ({
-  images: [...document.images].map(i => ({src: i.src.slice(0, 60), ok: i.complete &&
+  images: [...document.images].map(i => ({src: i.src.startsWith('data:') ? i.src.slice(0, 40) : i.src, ok: i.complete &&
     i.naturalWidth > 0, width: i.getBoundingClientRect().width})),
   tables: [...document.querySelectorAll('table')].map(t => ({rows: t.tBodies[0] ?
     t.tBodies[0].rows.length : 0, header: [...t.querySelectorAll('th')].map(h => h.innerText),

@@ -40,7 +40,7 @@ def write_world(tmp_path: Path, world_size, runs=(ROW,), **data) -> Path:
 def test_two_gloo_processes_gather_to_one_record(tmp_path, capfd):
     from samrep.evaluate import row_stamp, run_evaluation
     from samrep.groundtruth import run_ground_truth
-    from samrep.report import scaling_table
+    from samrep.tables import as_records, scaling_table
 
     params = load_params(str(write_world(tmp_path, 2, datasize=4, repeat=1)))
     try:
@@ -75,7 +75,7 @@ def test_two_gloo_processes_gather_to_one_record(tmp_path, capfd):
         assert rec["stamp"]["world_size"] == 2
         assert rec["stamp"] == row_stamp(params, params.runs[0], gt)
         assert (params.report_path / "results" / rec["masks_file"]).is_file()
-        table = scaling_table([rec])
+        table = scaling_table(as_records([rec]))
         assert table.iloc[0]["world size"] == 2
         capfd.readouterr()
         (again,) = run_evaluation(params)

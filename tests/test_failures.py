@@ -36,8 +36,8 @@ def test_backend_failing_mid_run_is_a_failed_row_and_the_summary_shows_it(
     params, monkeypatch, capfd
 ):
     from samrep.evaluate import run_evaluation
-    from samrep.report import header_markdown, read_manifest, rows_table, spec_table
     from samrep.results import load_records
+    from samrep.tables import as_records, math_table, spec_table
 
     monkeypatch.setenv(
         "SAMREP_TEST_FAIL_AT", f"evaluate:measure:{ROW2}=oom,evaluate:build:{VAL_BF16}"
@@ -56,19 +56,17 @@ def test_backend_failing_mid_run_is_a_failed_row_and_the_summary_shows_it(
 
     # The summary renders: failed rows in their place with their reason, the others intact.
     on_disk = load_records(params.report_path)
-    table = spec_table(on_disk).set_index("engine")
+    table, notes = spec_table(as_records(on_disk))
+    table = table.set_index("engine")
     torch_row = table.loc["torch"]
-    assert torch_row.p_infer_core.startswith("failed (measure): out of memory at bs 2")
-    assert float(torch_row.p_val_core) > 0 and "FAILED row" in torch_row.notes
-    assert table.loc["tensorrt"].p_infer_core.startswith("not run: TensorRT")
-    assert float(table.loc["tensorrt"].p_val_core) > 0
-    val_only = table.loc["(val only)"]
-    assert val_only.p_val_core.startswith("failed (build): InjectedFault")
-    rows = rows_table(on_disk).set_index("row")
-    assert rows.loc[VAL_FP32, "status"] == "ok" and rows.loc[VAL_FP32, "valid"] == "yes"
-    assert rows.loc[ROW2, "failed stage"] == "measure"
-    header = header_markdown(params, on_disk, read_manifest(params.data_path))
-    assert f"**Failed rows**: {ROW2}, {VAL_BF16}" in header
+    assert torch_row.p_infer_core.startswith("failed<sup>") and float(torch_row.p_val_core) > 0
+    assert any(n.startswith(f"{ROW2} (measure): out of memory at bs 2") for n in notes), notes
+    assert table.loc["tensorrt"].p_infer_core.startswith("not run<sup>")
+    assert any("TensorRT" in n for n in notes) and float(table.loc["tensorrt"].p_val_core) > 0
+    assert table.loc["HF eager (val only)"].p_val_core.startswith("failed<sup>")
+    assert any(n.startswith(f"{VAL_BF16} (build): InjectedFault") for n in notes), notes
+    rows = math_table(as_records(on_disk)).set_index("row")
+    assert rows.loc[VAL_FP32, "status"] == "ok" and rows.loc[ROW2, "status"].startswith("failed")
 
     # Run again without the faults: the ok row is reused, the failed ones are measured again.
     monkeypatch.delenv("SAMREP_TEST_FAIL_AT")
@@ -132,13 +130,13 @@ def test_summary_that_raises_renders_its_failed_copy(tmp_path, monkeypatch):
 
 
 def test_report_names_every_commit_of_its_rows():
-    from samrep.report import commits_label, provenance
+    from samrep.record import Record, Row
+    from samrep.tables import commits
 
     def rec(commit):
-        return {"environment": {"git_commit": commit, "device": "X"}}
+        row = Row(phase="val", backend="torch", precision="fp32", bs=1)
+        return Record(hw="x", key="k", row=row, status="ok", environment={"git_commit": commit})
 
-    assert commits_label([rec("aaa"), rec("aaa")]) == "aaa"
-    assert commits_label([]) == "-"
-    label = commits_label([rec("aaa"), rec("bbb"), rec("aaa")])
-    assert label == "aaa (2 rows), bbb (1 row)"
-    assert provenance([rec("aaa"), rec("bbb")])["git_commit"] == "aaa (1 row), bbb (1 row)"
+    assert commits([rec("aaa"), rec("aaa")]) == "aaa"
+    assert commits([]) == "unknown"
+    assert commits([rec("aaa"), rec("bbb"), rec("aaa")]) == "aaa (2 rows), bbb (1 row)"

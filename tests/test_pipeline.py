@@ -120,7 +120,7 @@ def test_ground_truth_of_wrong_shape_is_an_error(params_path):
 def test_unavailable_backend_is_a_not_run_row(tmp_path):
     from samrep.evaluate import run_evaluation
     from samrep.groundtruth import run_ground_truth
-    from samrep.report import spec_table
+    from samrep.tables import as_records, spec_table
 
     runs = [
         {"phase": "val", "backend": "torch", "precision": "fp32", "bs": 1},
@@ -133,9 +133,9 @@ def test_unavailable_backend_is_a_not_run_row(tmp_path):
         records = run_evaluation(params)
         assert records[0]["status"] == "ok"
         assert records[1]["status"] == "not_run" and "TF32" in records[1]["reason"]
-        table = spec_table(records)
+        table, notes = spec_table(as_records(records))
         row = table[table.engine == "torch"].iloc[0]
-        assert row.p_infer_core.startswith("not run: ") and "TF32" in row.p_infer_core
+        assert row.p_infer_core.startswith("not run<sup>") and "TF32" in notes[0]
     finally:
         safe_rmtree(params.data_path)
         safe_rmtree(params.report_path)

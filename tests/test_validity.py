@@ -86,7 +86,7 @@ def test_every_result_carries_its_validity_checks(make):
 
 
 def test_a_result_failing_checks_is_kept_and_marked_invalid(make):
-    from samrep.report import header_markdown, read_manifest, rows_table, spec_table
+    from samrep.tables import as_records, details_table, spec_table
 
     params = make(min_iterations=100, min_seconds=1000, warmup=0)
     record = evaluate(params)
@@ -94,11 +94,10 @@ def test_a_result_failing_checks_is_kept_and_marked_invalid(make):
     assert record["validity"]["valid"] is False
     failed = {k for k, c in record["validity"]["checks"].items() if c["ok"] is False}
     assert failed == {"iterations", "seconds", "warmup_excluded"}
-    table = spec_table([record])
-    assert table.iloc[0]["valid"] == "no: iterations, seconds, warmup_excluded"
-    assert rows_table([record]).iloc[0]["valid"].startswith("no: iterations")
-    header = header_markdown(params, [record], read_manifest(params.data_path))
-    assert f"**Invalid measurements** (kept, marked in the `valid` column): {ROW}" in header
+    table, notes = spec_table(as_records([record]))
+    assert "<sup>" in table.iloc[0]["engine"]
+    assert f"{ROW}: measurement invalid (iterations, seconds, warmup_excluded)" in notes
+    assert details_table(as_records([record])).iloc[0]["valid"] == "no"
 
 
 def test_ground_truth_changed_after_its_manifest_makes_results_invalid(make, data_dir, tmp_path):
@@ -130,16 +129,15 @@ def test_weights_other_than_the_manifests_make_a_result_invalid(make):
 
 
 def test_repeats_report_median_and_min_max(make):
-    from samrep.report import rows_table, spec_table
+    from samrep.tables import as_records, spec_table
 
     record = evaluate(make(measure_repeats=3))
     rep = record["metrics"]["p_core_repeats"]
     assert rep["n"] == 3 and len(rep["values"]) == 3 and len(record["timing"]["repeats"]) == 3
     assert rep["min"] <= rep["median"] == record["metrics"]["p_core"] <= rep["max"]
     assert record["timing"]["images"] == 8  # one measurement's images (4 batches of 2)
-    cell = spec_table([record]).iloc[0]["p_val_core"]
-    assert re.fullmatch(r"\d+\.\d\d \[\d+\.\d\d-\d+\.\d\d\]", cell), cell
-    assert rows_table([record]).iloc[0]["p_core min-max [img/s]"].endswith("(3 repeats)")
+    cell = spec_table(as_records([record]))[0].iloc[0]["p_val_core"]
+    assert re.fullmatch(r"\d+\.\d+ \[\d+\.\d+-\d+\.\d+\]", cell), cell
 
 
 def test_bench_repeats_prints_the_spread_and_keeps_the_record(make, capfd):
