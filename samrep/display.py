@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 from IPython.display import HTML, Image, Markdown, display
 
 from samrep import figures, tables
+from samrep.faults import checkpoint
 from samrep.figures import ReportData
 
 CSS = """<style>
@@ -21,6 +22,10 @@ CSS = """<style>
 .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { padding: 2px 6px; text-align: left; }
 .jp-RenderedImage img, img { max-width: 100%; height: auto; }
 </style>"""
+
+SYNTHETIC = """**Synthetic weights** (seeded, the exact architecture): speed and memory are the real
+model's, but `acc` is agreement with the fp32 reference of the same weights, not segmentation
+quality; the relative L2 errors are the weight-independent fidelity."""
 
 
 def load(params) -> ReportData:
@@ -63,15 +68,14 @@ def header(params, data: ReportData) -> None:
         f"{weights.get('name', '?')}; dataset {params.data.datasize} copies x "
         f"{params.data.repeat} passes, {params.data.warmup} warm-up batches (published: 1000 x 5).",
     ]
-    if weights.get("synthetic"):
-        lines.append(
-            "**Synthetic weights** (seeded, the exact architecture): speed and memory are the real "
-            "model's, but `acc` is agreement with the fp32 reference of the same weights, not "
-            "segmentation quality; the relative L2 errors are the weight-independent fidelity."
-        )
+    lines += [SYNTHETIC] * bool(weights.get("synthetic"))
     for kind in ("failed", "not_run"):
         keys = [r.key for r in recs if r.status == kind]
         lines += [f"**{kind.replace('_', ' ').capitalize()} rows**: {', '.join(keys)}"] * bool(keys)
+    for f in sorted(params.report_path.glob("stages/*.json")):
+        st = json.loads(f.read_text())
+        failed = st["status"] == "failed"
+        lines += [f"**Stage {st['stage']} failed**: {st.get('reason')}"] * failed
     lines += [f"- could not read {p}" for p in data.problems]
     display(Markdown("\n\n".join(lines)))
 
@@ -97,8 +101,7 @@ def metrics(data: ReportData, gt_seconds: float | None = None) -> None:
 
 
 def batch_plots(data: ReportData) -> None:
-    """Each metric against batch size, and latency against throughput, when any engine ran at
-    more than one batch size (one point per line says nothing)."""
+    """Metrics against batch size, latency against throughput (if any engine ran at several)."""
     df = tables.frame(data.records)
     ok = df[df["status"] == "ok"] if len(df) else df
     if not len(ok) or ok.groupby(["phase", "backend", "precision"])["bs"].nunique().max() < 2:
@@ -115,7 +118,9 @@ def batch_plots(data: ReportData) -> None:
 
 def masks(data: ReportData) -> None:
     """Per engine and precision its best row's masks against the reference, differences shown."""
-    display(Markdown(f"## Masks against {data.reference} (best row per engine and precision)"))
+    checkpoint("summary:masks")  # test hook (samrep.faults): a summary that fails half-way
+    heading = f"## Masks against {data.reference} (best row per engine and precision)"
+    display(Markdown(heading + "\nRed: in the reference only; blue: in the prediction only."))
     if data.gt is None:
         display(Markdown("*No reference masks on this machine: nothing to compare.*"))
         return
@@ -125,7 +130,6 @@ def masks(data: ReportData) -> None:
             order = (rec.inputs.get("ground_truth") or {}).get("order", [0, 1, 2])
             title = f"{tables.label(rec)}\nacc {tables.frac(rec.scores.acc)}"
             rows.append((title, data.masks[rec.key], order))
-    display(Markdown("Red: in the reference only; blue: in the prediction only (dilated)."))
     if rows:
         figure(figures.masks_figure(data.image, data.gt, rows), jpeg=True, dpi=80)
 

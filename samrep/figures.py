@@ -7,6 +7,7 @@ what they draw (records, ground truth, image, masks) and lists what it could not
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import cbook
+from PIL import Image
 
 from samrep.record import Record
 from samrep.tables import PUBLISHED_P_CORE, best_rows, label, load_records
@@ -49,11 +52,6 @@ def load_masks(data: ReportData, rec: Record) -> np.ndarray | None:
 
 def _image(info: dict) -> np.ndarray | None:
     """The image the ground truth used: its path, else matplotlib's copy of the fallback image."""
-    import hashlib
-
-    from matplotlib import cbook
-    from PIL import Image
-
     path = Path(info.get("path") or "")
     if not path.is_file() and (info.get("name") or "").startswith("grace_hopper"):
         path = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))

@@ -90,8 +90,7 @@ GPUS = [
     Gpu(*(f.strip() for f in head.rsplit("|", 3)), source.strip())
     for head, source in zip(_LINES[::2], _LINES[1::2], strict=True)
 ]
-# (phase, backend, precision, GiB per image, largest bs): the default rows of HW=auto. GiB per
-# image from the H200 report's peaks (HF eager fp32 bs8 24.5 GiB, bf16 bs32 44.7, fast bs32 9.8).
+# HW=auto's rows: (phase, backend, precision, GiB/image from the H200 report's peaks, largest bs)
 AUTO_ROWS = [
     ("val", "torch", "fp32", 2.6, 8),
     ("val", "torch", "tf32", 2.6, 8),

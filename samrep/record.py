@@ -215,7 +215,9 @@ def summary(rec: Record) -> dict:
         "energy": energy.get("method", "not measured")
         + (f": {energy['reason']}" if energy.get("reason") else ""),
         "valid": valid.get("valid"),
-        "failed_checks": [k for k, c in (valid.get("checks") or {}).items() if not c.get("ok")],
+        "failed_checks": [
+            k for k, c in (valid.get("checks") or {}).items() if c.get("ok") is False
+        ],
         "synthetic_weights": weights.get("synthetic"),
         "commit": rec.environment.get("git_commit"),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -279,8 +280,6 @@ def commits(records: list[Record]) -> str:
 
 def index_html(entries: list[dict]) -> str:
     """reports/index.html: entries [{hw, href, line (headline_line), device}], published rows."""
-    from html import escape
-
     items = "".join(
         f"<li><a href='{escape(e['href'])}'>{escape(e['hw'])}</a>: {escape(e.get('device') or '')}"
         f" — {escape(e.get('line') or '')}</li>"

@@ -106,24 +106,25 @@ def test_report_with_a_notebook_that_raises_renders_and_exits_1(
     ), err[-1]
     html = (params.report_path / "index.html").read_text()
     assert "Stage 04_evaluate failed" in html
-    assert "failed (measure): out of memory at bs 2" in html
+    assert f"{ROW2} (measure): out of memory at bs 2" in html
     stage = (params.report_path / "stages" / "04_evaluate.json").read_text()
     assert '"status": "failed"' in stage
 
 
 def test_summary_that_raises_renders_its_failed_copy(tmp_path, monkeypatch):
-    """No ground truth: the summary notebook raises; its executed part is still the page."""
+    """The summary notebook raises half-way; its executed part is still the page."""
     from samrep import pipeline
 
     params = make_params(tmp_path, runs=RUNS[:1])
     try:
         monkeypatch.setattr(pipeline, "CHAIN", ("99_summary",))
+        monkeypatch.setenv("SAMREP_TEST_FAIL_AT", "summary:masks")
         outcome = pipeline.run_report(str(tmp_path / "tiny.yaml"))
         assert list(outcome.failed_stages) == ["99_summary"] and outcome.failed
-        assert "FileNotFoundError" in outcome.failed_stages["99_summary"]
+        assert "InjectedFault" in outcome.failed_stages["99_summary"]
         html = outcome.page.read_text()
         assert outcome.page == params.report_path / "index.html"
-        assert "manifest.json" in html
+        assert "Headline: the fastest engine per precision" in html
         assert (params.report_path / "99_summary.failed.ipynb").is_file()
     finally:
         cleanup(params)

@@ -72,7 +72,7 @@ def test_explore_masks_notebook_runs(tiny_report, tmp_path):
         progress_bar=False,
         cwd=str(REPO_ROOT),
     )
-    assert out.read_text().count("image/png") >= 2
+    assert out.read_text().count("image/png") >= 1  # the masks figure
 
 
 @needs_chromium
