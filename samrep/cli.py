@@ -134,12 +134,18 @@ def _run(args) -> int:
         records = stages.evaluate(params, force=args.force, only=args.only)
         return _failed("rows", [r.key for r in records if r.status == "failed"])
     elif args.stage == "summary":
+        import pandas as pd
+
         from samrep.tables import load_records, spec_table
 
-        records, problems = load_records(params.report_path / "results")
-        print(spec_table(records).to_string(index=False))
+        records, problems = load_records(params.report_path, [run.key for run in params.runs])
+        table, notes = spec_table(records)
+        with pd.option_context("display.max_columns", None, "display.width", 250):
+            print(table.replace(r"<sup>(\d+)</sup>", r" [\1]", regex=True).to_string(index=False))
+        for i, line in enumerate(notes, 1):
+            print(f"[{i}] {line}")
         for line in problems:
-            print(f"samrep: {line}", file=sys.stderr)
+            print(f"samrep: could not read {line}", file=sys.stderr)
     elif args.stage == "bench":
         from samrep.bench import bench
 

@@ -19,6 +19,7 @@ A point may be given as an fnmatch pattern ("evaluate:measure:*"). The points:
     evaluate:saved:<row>        evaluation: the row's record written
     report:<notebook>           `make report`: before running a notebook
     report:render               `make report`: before rendering the HTML
+    summary:masks               99_summary: before its masks section
 """
 
 from __future__ import annotations

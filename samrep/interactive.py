@@ -76,13 +76,18 @@ def interactive(params: HwParams, iters: int | None = None) -> dict:
                     f"interactive: {n} point(s) per image: {ms:.2f} ms per call, {rows[-1]['prompts_per_s']:.1f} prompts/s"
                 )
         ctx.model.to("cpu")
-        out = {
-            "device": environment(params.device).get("device"),
+        by_n = {r["points_per_image"]: r for r in rows}
+        summary = {
+            "backend": "torch, inductor, fast (HF decoder)",
             "precision": "fp32",
-            "decoder": "HF SamModel prompt encoder + mask decoder (torch, inductor, fast)",
+            "ms_per_click": by_n[1]["ms_per_call_p50"],
+            "prompts_per_s_16": by_n[16]["prompts_per_s"],
+            "prompts_per_s_64": by_n[64]["prompts_per_s"],
+        }
+        out = {
+            "rows": [summary],
+            "calls": rows,
             "iters": iters,
-            "rows": rows,
-            "ms_per_click": rows[0]["ms_per_call_p50"],
             "environment": environment(params.device),
         }
         write_json(params.report_path / "interactive.json", out)

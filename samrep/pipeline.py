@@ -97,6 +97,8 @@ def render_html(notebook: Path, target: Path, title: str) -> Path:
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    nb = nbformat.read(notebook, as_version=4)
+    nb.metadata["title"] = title  # the page's <title>
     extra = _template_dirs()
     exporter = HTMLExporter(
         extra_template_basedirs=[os.getcwd(), *extra],
@@ -108,22 +110,28 @@ def render_html(notebook: Path, target: Path, title: str) -> Path:
         exclude_input_prompt=True,
         exclude_output_prompt=True,
     )
-    body, _ = exporter.from_notebook_node(
-        nbformat.read(notebook, as_version=4), resources={"metadata": {"name": title}}
-    )
+    body, _ = exporter.from_notebook_node(nb)
     write_bytes(target, body.encode())
     log(f"report: wrote {target}")
     return target
 
 
 def write_index(reports_dir: Path = REPO_ROOT / "reports") -> Path:
-    """reports/index.html: every hw report with its headline line."""
-    from samrep.tables import index_html, load_records
+    """reports/index.html: every hw report with its headline line, and the published rows."""
+    from samrep.tables import headline_line, index_html, load_records
 
     entries = []
     for page in sorted(reports_dir.glob("*/index.html")):
-        records, _ = load_records(page.parent / "results")
-        entries.append((page.parent.name, f"{page.parent.name}/index.html", records))
+        records, _ = load_records(page.parent)
+        device = next((r.environment.get("device") for r in records if r.environment), "")
+        entries.append(
+            {
+                "hw": page.parent.name,
+                "href": f"{page.parent.name}/index.html",
+                "device": device,
+                "line": headline_line(records),
+            }
+        )
     return write_bytes(reports_dir / "index.html", index_html(entries).encode())
 
 
@@ -151,9 +159,8 @@ def run_report(hw: str, force: bool = False) -> Outcome:
     for name in CHAIN:
         checkpoint(f"report:{name}")  # test hook (samrep.faults)
         try:
-            nb = execute_notebook(
-                name, params, {"hw": hw, "force": force} if name != CHAIN[-1] else {"hw": hw}
-            )
+            parameters = {"hw": hw} if name == CHAIN[-1] else {"hw": hw, "force": force}
+            nb = execute_notebook(name, params, parameters)
         except Exception as exc:  # SamrepError (the notebook raised), a dead kernel, ...
             log(f"notebook {name}: FAILED: {exc}")
             outcome.failed_stages[name] = str(exc)
@@ -167,8 +174,7 @@ def run_report(hw: str, force: bool = False) -> Outcome:
             )
     from samrep.tables import load_records
 
-    records, _ = load_records(params.report_path / "results")
-    keys = {r.key for r in params.runs}
-    outcome.failed_rows = [r.key for r in records if r.key in keys and r.status == "failed"]
+    records, _ = load_records(params.report_path, [r.key for r in params.runs])
+    outcome.failed_rows = [r.key for r in records if r.status == "failed"]
     write_index()
     return outcome

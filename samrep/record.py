@@ -212,7 +212,13 @@ def summary(rec: Record) -> dict:
         "mem_framework_peak_gib": mem.get("framework_peak_gib"),
         "j_per_image": energy.get("j_per_image"),
         "img_per_j": energy.get("img_per_j"),
+        # how it was measured, or why not ("not measured: no NVML energy counter on a CPU")
+        "energy": energy.get("method", "not measured")
+        + (f": {energy['reason']}" if energy.get("reason") else ""),
         "valid": valid.get("valid"),
+        "failed_checks": [
+            k for k, c in (valid.get("checks") or {}).items() if c.get("ok") is False
+        ],
         "synthetic_weights": weights.get("synthetic"),
         "commit": rec.environment.get("git_commit"),
     }

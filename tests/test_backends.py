@@ -180,8 +180,9 @@ def params_path(tmp_path):
 
 
 def test_evaluate_onnxruntime_row_and_a_not_run_row(params_path):
-    from samrep.config import load_params
     from samrep.evaluate import run_evaluation
+
+    from samrep.config import load_params
     from samrep.groundtruth import run_ground_truth
 
     params = load_params(str(params_path))

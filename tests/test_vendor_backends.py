@@ -86,6 +86,7 @@ def write_params(tmp_path, runs):
 def test_vendor_rows_become_not_run_records(tmp_path):
     """tiny params run on the CPU: both vendor rows are "not_run" with a reason, torch runs."""
     from samrep.evaluate import run_evaluation
+
     from samrep.groundtruth import run_ground_truth
 
     params = write_params(

@@ -19,7 +19,7 @@ def params_cell(src: str):
     return cell
 
 
-def write(name: str, cells: list) -> None:
+def write(name: str, cells: list, title: str = "") -> None:
     for i, cell in enumerate(cells):
         cell["id"] = f"{name}-{i}"  # stable ids: regenerating changes nothing that did not change
     nb = new_notebook(cells=cells)
@@ -29,6 +29,8 @@ def write(name: str, cells: list) -> None:
         "language": "python",
     }
     nb.metadata["language_info"] = {"name": "python"}
+    if title:  # the HTML page's <title> (nbconvert's lab template reads it; else "Notebook")
+        nb.metadata["title"] = title
     nbformat.write(nb, NOTEBOOKS / f"{name}.ipynb")
 
 
@@ -48,14 +50,16 @@ write(
             "original image size; masks saved smallest first as `sam_gt_{0,1,2}.pt`."
         ),
         params_cell('hw = "cpu"\nforce = False'),
+        new_code_cell(setup("from samrep import figures, stages")),
         new_code_cell(
-            setup("from samrep import report", "from samrep.groundtruth import run_ground_truth")
+            "gt = stages.groundtruth(params, force=force)\n"
+            "keys = ('order', 'area_fractions', 'iou_scores', 'files_sha256')\n"
+            "display({k: gt.manifest[k] for k in keys})"
         ),
         new_code_cell(
-            "gt = run_ground_truth(params, force=force)\ndisplay(report.manifest_table(gt.manifest))"
-        ),
-        new_code_cell(
-            "fig = report.plot_ground_truth(report.load_image(gt.manifest), gt.manifest)\nplt.show()"
+            "data = figures.load_report(params.report_path, params.data_path)\n"
+            "fig = figures.plot_ground_truth(data.image, data.gt, gt.manifest['point'], "
+            "gt.manifest['image']['name'])\nplt.show()"
         ),
     ],
 )
@@ -70,10 +74,10 @@ write(
             "`onnx.checker`, run once in ONNX Runtime against PyTorch, and cached."
         ),
         params_cell('hw = "cpu"\nforce = False'),
-        new_code_cell(setup("from samrep import engines")),
+        new_code_cell(setup("from samrep import stages, tables")),
         new_code_cell(
-            "entries = engines.export_stage(params, force=force)\n"
-            "display(engines.stage_table(entries))"
+            "stages.engines(params, 'export', force=force)\n"
+            "display(tables.json_table(params.report_path / 'export.json', tables.STAGE_COLUMNS))"
         ),
     ],
 )
@@ -88,10 +92,10 @@ write(
             "compile inside the evaluation, since their code does not persist across processes."
         ),
         params_cell('hw = "cpu"\nforce = False'),
-        new_code_cell(setup("from samrep import engines")),
+        new_code_cell(setup("from samrep import stages, tables")),
         new_code_cell(
-            "entries = engines.build_stage(params, force=force)\n"
-            "display(engines.stage_table(entries))"
+            "stages.engines(params, 'build', force=force)\n"
+            "display(tables.json_table(params.report_path / 'build.json', tables.STAGE_COLUMNS))"
         ),
     ],
 )
@@ -106,56 +110,58 @@ write(
         ),
         params_cell('hw = "cpu"\nforce = False'),
         new_code_cell(
-            setup("from samrep import report", "from samrep.evaluate import run_evaluation")
+            setup("from samrep import stages, tables", "from samrep.interactive import interactive")
         ),
         new_code_cell(
-            "records = run_evaluation(params, force=force)\ndisplay(report.rows_table(records))"
+            "records = stages.evaluate(params, force=force)\n"
+            "display(tables.math_table(records))\ndisplay(tables.details_table(records))"
+        ),
+        new_markdown_cell("## Interactive use: the decoder alone on cached image embeddings"),
+        new_code_cell(
+            "interactive(params)\n"
+            "display(tables.json_table(params.report_path / 'interactive.json', "
+            "tables.INTERACTIVE_COLUMNS))"
         ),
     ],
 )
+
+METHOD = """\
+## How these numbers were measured
+- **p_*_core**: images / sum of core times; core = synchronize, host-to-device copy, forward,
+  synchronize. **p_*_whole**: images / wall time of the whole loop (building each batch, core,
+  post-processing to the original size, scoring). Warm-up batches excluded; the dataset is the
+  one sample repeated `datasize` times (drop_last), `repeat` passes.
+- **Latency**: per-batch core time, p50/p90/p99 over the timed batches [ms].
+- **acc**: mean over the 3 masks and every image of pixel agreement `(pred == gt).sum() / numel`
+  at the original size (not IoU); infer/val. **Fidelity**: relative L2 error
+  `||x - ref|| / ||ref||` of the image embeddings and the low-res mask logits against fp32.
+- **MFU**: p_core x analytic FLOPs per image (2 per multiply-add) / the device's dense peak at
+  the precision that ran (fp32 means TF32 off); "3.1e12 conv." is the original's convention.
+  A GPU with no known peak shows "not available: peak unknown".
+- **mem**: GPU: NVML device memory used, peak / total GiB, with the framework's own peak;
+  CPU: process RSS / host RAM. **Energy**: NVML's total-energy counter over the timed region
+  (img/J); "not measured" on CPUs.
+- **e2e_time**: ground truth + the val row (load, build, measure) + the engine row.
+- **valid**: enough timed batches and seconds, warm-up excluded, monotonic clock, an idle GPU,
+  ground truth and weights matching the manifest's sha256; a failing result is kept, marked.
+"""
 
 write(
     "99_summary",
     [
         params_cell('hw = "cpu"'),
         new_code_cell(
-            setup("from samrep import report", "from samrep.results import current_records") + "\n"
-            "records = current_records(params)\nmanifest = report.read_manifest(params.data_path)\n"
-            "display(Markdown(report.header_markdown(params, records, manifest)))"
+            "from samrep import display as report\nfrom samrep.config import load_params\n\n"
+            "params = load_params(hw)\ndata = report.load(params)\nreport.header(params, data)"
         ),
-        new_code_cell(
-            'display(Markdown("## Metrics (the case\'s columns)"))\n'
-            "display(Markdown(report.table_caption(records)))\n"
-            "display(report.spec_table(records, manifest.get('seconds')).style.hide(axis='index'))"
-        ),
-        new_code_cell(
-            'display(Markdown("## Published reference rows (not measured by samrep)"))\n'
-            "display(report.PUBLISHED_A100.style.hide(axis='index'))\n"
-            "display(Markdown(report.PUBLISHED_NOTE))"
-        ),
-        new_code_cell(
-            'display(Markdown("## Every row as measured"))\n'
-            "display(report.rows_table(records).style.hide(axis='index').format(precision=4, na_rep='-'))"
-        ),
-        new_code_cell(
-            'display(Markdown("## Throughput and memory against batch size"))\n'
-            "fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))\n"
-            "report.plot_throughput(records, axes[0])\nreport.plot_memory(records, axes[1])\n"
-            "fig.suptitle(report.table_caption(records), fontsize=8)\nfig.tight_layout()\nplt.show()"
-        ),
-        new_code_cell(
-            'display(Markdown("## Masks: prediction of the first image of each row against the '
-            'ground truth"))\n'
-            "report.show_row_masks(records, params, manifest)"
-        ),
-        new_code_cell("report.show_stage_files(params)"),
-        new_code_cell("report.show_scaling(records)"),
-        new_code_cell("report.show_steps(params)"),
-        new_code_cell(
-            "display(Markdown(report.notes_markdown(params)))\n"
-            "display(Markdown(report.METHOD_MARKDOWN))"
-        ),
+        new_code_cell("report.headline(data)"),
+        new_code_cell("report.metrics(data)"),
+        new_code_cell("report.batch_plots(data)"),
+        new_code_cell("report.masks(data)"),
+        new_code_cell("report.extras(params, data)"),
+        new_markdown_cell(METHOD),
     ],
+    title="samrep report",
 )
 
 write(
@@ -163,25 +169,23 @@ write(
     [
         new_markdown_cell(
             "# Explore the masks\n"
-            "Pick a hardware report and a row; see the image with its prompt point, each predicted "
-            "mask beside its ground truth, and where they differ (zoomed on the differences)."
+            "Pick a hardware report and a row; see each predicted mask against the ground truth, "
+            "the differing pixels coloured (red: missed, blue: extra), zoomed where they cluster."
         ),
         params_cell(
             'hw = "cpu"\nrow = ""  # a row key such as "val-torch-fp32-bs1"; empty = first ok row'
         ),
         new_code_cell(
-            setup("from samrep import report", "from samrep.results import current_records") + "\n"
-            "records = current_records(params)\nmanifest = report.read_manifest(params.data_path)\n"
-            "ok = [r['key'] for r in records if r['status'] == 'ok']\nprint('rows with masks:', ok)\n"
-            "row = row or ok[0]"
+            setup("from samrep import figures") + "\n"
+            "data = figures.load_report(params.report_path, params.data_path)\n"
+            "ok = [r.key for r in data.records if r.status == 'ok' and r.masks_file]\n"
+            "print('rows with masks:', ok, '; compared with', data.reference)\nrow = row or ok[0]"
         ),
         new_code_cell(
-            "image = report.load_image(manifest)\ngt = report.load_gt_masks(params.data_path, manifest)\n"
-            "pred = report.load_row_masks(params.report_path, row)\n"
-            "fig = report.plot_masks(image, manifest['point'], gt, pred, manifest['order'], row)\nplt.show()"
-        ),
-        new_code_cell(
-            "fig = report.plot_differences(image, gt, pred, manifest['order'], row)\nplt.show()"
+            "rec = next(r for r in data.records if r.key == row)\n"
+            "order = rec.inputs['ground_truth']['order']\n"
+            "fig = figures.masks_figure(data.image, data.gt, [(row, figures.load_masks(data, rec), "
+            "order)])\nplt.show()"
         ),
     ],
 )

@@ -1,0 +1,232 @@
+"""The summary's figures (matplotlib; no IPython here). Each returns its figure or axes.
+
+`plot_metric` is the one plot of a summary column against another (batch size by default);
+`mask_overlay` the one drawing of a prediction against the ground truth; `load_report` reads
+what they draw (records, ground truth, image, masks) and lists what it could not read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import cbook
+from PIL import Image
+
+from samrep.record import Record
+from samrep.tables import PUBLISHED_P_CORE, best_rows, label, load_records
+
+
+@dataclass
+class ReportData:
+    """What one report folder holds: the records and, where they exist, the inputs to draw."""
+
+    folder: Path
+    records: list[Record]
+    problems: list[str] = field(default_factory=list)  # one line per file that could not be read
+    manifest: dict = field(default_factory=dict)
+    gt: np.ndarray | None = None  # (3, H, W) bool, smallest mask first
+    reference: str = "the ground truth"  # what the masks are compared with
+    image: np.ndarray | None = None  # (H, W, 3) uint8
+    masks: dict = field(default_factory=dict)  # key -> (3, H, W) bool, each best row's
+
+
+def load_masks(data: ReportData, rec: Record) -> np.ndarray | None:
+    """A row's first-image masks (3, H, W) bool; None (and a problem line) when unreadable."""
+    path = data.folder / "results" / (rec.masks_file or f"{rec.key}.masks.npz")
+    try:
+        with np.load(path) as z:
+            masks = z["masks"]
+        if masks.ndim != 3 or (data.gt is not None and masks.shape[1:] != data.gt.shape[1:]):
+            raise ValueError(f"shape {masks.shape}")
+        return masks.astype(bool)
+    except Exception as exc:  # a corrupt npz raises zipfile/pickle/key errors of many kinds
+        data.problems.append(f"{path.name}: masks not readable ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _image(info: dict) -> np.ndarray | None:
+    """The image the ground truth used: its path, else matplotlib's copy of the fallback image."""
+    path = Path(info.get("path") or "")
+    if not path.is_file() and (info.get("name") or "").startswith("grace_hopper"):
+        path = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != info.get("sha256"):
+        return None
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def load_report(folder: Path, data_dir: Path | None = None, keys=None) -> ReportData:
+    """Records, ground truth (data_dir/manifest.json and sam_gt_*.pt) and image of a report.
+
+    Without the ground truth on this machine, masks are compared with the best fp32 HF eager
+    row's (said in `reference`)."""
+    records, problems = load_records(folder, keys)
+    data = ReportData(Path(folder), records, problems)
+    path = Path(data_dir or "") / "manifest.json"
+    try:
+        import torch
+
+        data.manifest = json.loads(path.read_text())
+        files = [Path(data_dir) / f for f in data.manifest["files"]]
+        data.gt = np.stack([torch.load(f, weights_only=True).numpy() for f in files]).astype(bool)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        problems.append(f"{path}: ground truth not readable ({type(exc).__name__}: {exc})")
+    first = next((r for r in records if r.inputs.get("image")), None)
+    image = data.manifest.get("image") or (first.inputs["image"] if first else {})
+    data.image = _image(image) if image else None
+    if data.gt is None:
+        ref = [r for r in records if r.status == "ok" and r.row.phase == "val" and r.masks_file]
+        ref = sorted(ref, key=lambda r: (r.row.precision != "fp32", r.row.bs))[:1]
+        data.gt = load_masks(data, ref[0]) if ref else None
+        if data.gt is not None:
+            order = (ref[0].inputs.get("ground_truth") or {}).get("order", [0, 1, 2])
+            data.gt = data.gt[order]
+            data.reference = f"{ref[0].key}'s masks (the ground truth is not on this machine)"
+    for rec in best_rows(records):
+        masks = load_masks(data, rec) if rec.masks_file else None
+        data.masks.update({rec.key: masks} if masks is not None else {})
+    return data
+
+
+LABELS = {"bs": "batch size", "p_core": "p_core [images/s]", "acc": "acc (pixel agreement)"}
+MISSED, EXTRA = (0.9, 0.05, 0.05), (0.1, 0.35, 1.0)  # in the ground truth only / prediction only
+
+
+def _group(s: pd.Series) -> str:
+    name = "HF eager" if s["phase"] == "val" and s["backend"] == "torch" else s["backend"]
+    return f"{name} {s['precision']}"
+
+
+def plot_metric(df: pd.DataFrame, y: str, x: str = "bs", ax=None, upper: str | None = None):
+    """Column y against column x of `tables.frame(records)`, one line per engine and precision
+    over its batch sizes (a point labelled with its bs where x is not bs); `upper`: a column
+    drawn as a bar above each point (e.g. the p99 latency over the p50)."""
+    ax = ax or plt.subplots(figsize=(6, 3.6))[1]
+    ok = df[(df["status"] == "ok") & df[y].notna() & df[x].notna()] if len(df) else df
+    for name, g in ok.groupby(ok.apply(_group, axis=1)) if len(ok) else []:
+        g = g.sort_values("bs")
+        (line,) = ax.plot(g[x], g[y], marker="o", ms=4, label=name, lw=1 if x == "bs" else 0.6)
+        if upper:
+            ax.vlines(g[x], g[y], g[upper], color=line.get_color(), lw=2, alpha=0.5)
+        if x != "bs":
+            for xi, yi, bs in zip(g[x], g[y], g["bs"], strict=True):
+                ax.annotate(f"bs{bs}", (xi, yi), fontsize=6)
+    if x == "bs":
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7) if len(ok) else None
+    return ax
+
+
+def plot_bars(labels: list[str], values: list[float], ax=None, xlabel: str = "", refs=None):
+    """Horizontal bars, largest at the top, each with its value; refs: {label: x} dashed lines."""
+    ax = ax or plt.subplots(figsize=(6, 0.35 * len(labels) + 1))[1]
+    ax.barh(labels[::-1], values[::-1], color="tab:blue")
+    for i, v in enumerate(values[::-1]):
+        ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
+    for i, (name, x) in enumerate((refs or {}).items()):
+        ax.axvline(x, color=f"C{i + 1}", ls="--", lw=1, label=name)
+    ax.legend(fontsize=7, loc="lower right") if refs else None
+    ax.set_xlabel(xlabel)
+    ax.tick_params(axis="y", labelsize=7)
+    return ax
+
+
+def headline_figure(records: list, df: pd.DataFrame):
+    """Throughput against acc (every row) beside each engine's best p_core (bars)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), width_ratios=(1.2, 1))
+    plot_metric(df, "p_core", x="acc", ax=a)
+    a.set_title("Throughput against agreement, one point per engine, precision and bs", fontsize=8)
+    best = best_rows(records)
+    top = max((r.timing.p_core for r in best), default=0)  # a reference far off hides the bars
+    refs = {f"A100 TRT {p} (published)": v for p, v in PUBLISHED_P_CORE.items() if v < 3 * top}
+    plot_bars([label(r) for r in best], [r.timing.p_core for r in best], b, LABELS["p_core"], refs)
+    b.set_title("Each engine's best p_core", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation by a (2r+1)-square, so that single pixels survive downscaling."""
+    out = mask.copy()
+    for k in range(1, r + 1):
+        out[k:] |= mask[:-k]
+        out[:-k] |= mask[k:]
+    rows = out.copy()
+    for k in range(1, r + 1):
+        out[:, k:] |= rows[:, :-k]
+        out[:, :-k] |= rows[:, k:]
+    return out
+
+
+def cluster_window(diff: np.ndarray, size: float = 0.25) -> tuple[slice, slice]:
+    """The (size x image) window holding the most differing pixels (all of it when none)."""
+    h, w = diff.shape
+    wh, ww = max(8, int(h * size)), max(8, int(w * size))
+    if not diff.any():
+        return slice(0, h), slice(0, w)
+    c = np.pad(diff.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = c[wh:, ww:] - c[:-wh, ww:] - c[wh:, :-ww] + c[:-wh, :-ww]
+    y, x = np.unravel_index(np.argmax(sums), sums.shape)
+    return slice(y, y + wh), slice(x, x + ww)
+
+
+def mask_overlay(ax, image, gt: np.ndarray, pred: np.ndarray, window=None, r: int = 0) -> None:
+    """The image greyed, the ground-truth mask tinted, pixels that differ coloured (red: missed,
+    blue: extra), dilated by r; window: (rows, cols) slices to zoom on."""
+    window = window or (slice(None), slice(None))
+    rgb = np.zeros((*gt.shape, 3)) + 0.6 if image is None else image.mean(-1, keepdims=True) / 255
+    rgb = np.broadcast_to(rgb, (*gt.shape, 3)) * 0.55 + 0.4
+    rgb = np.where(gt[..., None], rgb * (0.75, 0.9, 0.75), rgb)
+    for where, colour in ((gt & ~pred, MISSED), (pred & ~gt, EXTRA)):
+        rgb = np.where(dilate(where, r)[..., None] if r else where[..., None], colour, rgb)
+    ax.imshow(rgb[window], interpolation="nearest")
+    ax.set(xticks=[], yticks=[])
+
+
+def masks_figure(image, gt: np.ndarray, rows: list[tuple[str, np.ndarray, list[int]]]):
+    """One figure row per (title, pred masks (3, H, W) in output order, order): for each of the
+    3 masks the whole image, then a zoom onto where the differing pixels cluster."""
+    n = len(gt)
+    h, w = gt.shape[1:]
+    size = (2 * n * 2.1, len(rows) * 2.1 * h / w + 0.5)
+    fig, axes = plt.subplots(len(rows), 2 * n, figsize=size, squeeze=False)
+    r = max(1, w // 250)
+    for ax_row, (title, pred, order) in zip(axes, rows, strict=True):
+        for i in range(n):
+            p = pred[order[i]]
+            diff = gt[i] != p
+            win = cluster_window(diff)
+            mask_overlay(ax_row[2 * i], image, gt[i], p, r=r)
+            mask_overlay(ax_row[2 * i + 1], image, gt[i], p, window=win, r=max(1, r // 2))
+            agree = f"mask {i}: {100 * (1 - diff.mean()):.3f}% agree, {diff.sum()} px differ"
+            ax_row[2 * i].set_title(agree, fontsize=7)
+            ax_row[2 * i + 1].set_title(f"zoom: {diff[win].sum()} of them", fontsize=7)
+        ax_row[0].set_ylabel(title, fontsize=7)
+    fig.tight_layout(h_pad=0.3, w_pad=0.2)
+    return fig
+
+
+def plot_ground_truth(image, gt: np.ndarray, point, title: str = ""):
+    """The image with its prompt point, then each ground-truth mask (smallest first)."""
+    fig, axes = plt.subplots(1, 1 + len(gt), figsize=(3.2 * (1 + len(gt)), 3))
+    axes[0].imshow(image if image is not None else np.ones((*gt.shape[1:], 3)))
+    for i, ax in enumerate(axes):
+        if i:
+            mask_overlay(ax, image, gt[i - 1], gt[i - 1])
+            ax.set_title(f"sam_gt_{i - 1}.pt: {100 * gt[i - 1].mean():.1f}% of pixels", fontsize=8)
+        ax.plot(*point, marker="*", color="cyan", markersize=12, markeredgecolor="k")
+        ax.set(xticks=[], yticks=[])
+    axes[0].set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
