@@ -28,6 +28,7 @@ from samrep.progress import log
 from samrep.record import Record, read_record
 from samrep.row import RowContext, row_stamp, run_row
 from samrep.store import (
+    REPO_ROOT,
     confine,
     is_fresh,
     read_json,
@@ -75,7 +76,7 @@ def prepare(params: HwParams, runs=None) -> None:
                 raise SamrepError(
                     f"{sub}: a symbolic link to {sub.resolve()}, outside {folders[kind]}"
                 )
-    confine(*folders.values())
+    confine(*folders.values(), REPO_ROOT / "reports" / "index.html")  # and the reports index
 
 
 @contextlib.contextmanager
