@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -16,75 +17,49 @@ PACKAGES = ("torch", "transformers", "huggingface_hub", "onnx", "onnxruntime", "
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:
     """HEAD's commit, with "+dirty" when the working tree differs from it; "unknown" outside git.
-
-    SAMREP_GIT_COMMIT overrides it, for a copy of the tree without .git (a lent GPU machine).
-    """
+    SAMREP_GIT_COMMIT overrides it, for a copy of the tree without .git (a lent GPU machine)."""
     if os.environ.get("SAMREP_GIT_COMMIT"):
         return os.environ["SAMREP_GIT_COMMIT"]
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            # Reports are outputs that a run itself rewrites: they do not make the code dirty.
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return head + ("+dirty" if dirty else "")
+        git = dict(cwd=REPO_ROOT, capture_output=True, text=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], check=True, **git).stdout.strip()
+        # Reports are outputs that a run itself rewrites: they do not make the code dirty.
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"]
+        return head + ("+dirty" if subprocess.run(status, **git).stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def device_description(device: str) -> dict:
-    if device == "cuda" and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        d = {
-            "device": props.name,
-            "device_memory_gib": props.total_memory / 1024**3,
-            "cuda": torch.version.cuda,
-            "compute_capability": f"{props.major}.{props.minor}",
-            "device_count": torch.cuda.device_count(),
-        }
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            d["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception as exc:  # NVML missing or not permitted: say so
-            d["driver"] = f"unknown ({exc})"
-        return d
-    return {"device": f"CPU: {cpu_name()}", "cpu_threads": torch.get_num_threads()}
-
-
 def environment(device: str) -> dict:
-    versions = {}
+    versions = dict.fromkeys(PACKAGES)  # None: not installed
     for pkg in PACKAGES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "versions": versions,
-        "git_commit": git_commit(),
-        **device_description(device),
-    }
+    env = dict(python=platform.python_version(), platform=platform.platform(), cpu=cpu_name())
+    env.update(cpu_count=os.cpu_count(), versions=versions, git_commit=git_commit())
+    if not (device == "cuda" and torch.cuda.is_available()):
+        return {**env, "device": f"CPU: {cpu_name()}", "cpu_threads": torch.get_num_threads()}
+    props = torch.cuda.get_device_properties(0)
+    env.update(device=props.name, device_memory_gib=props.total_memory / 1024**3)
+    env.update(cuda=torch.version.cuda, compute_capability=f"{props.major}.{props.minor}")
+    env.update(device_count=torch.cuda.device_count())
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        env["driver"] = pynvml.nvmlSystemGetDriverVersion()
+    except Exception as exc:  # NVML missing or not permitted: say so
+        env["driver"] = f"unknown ({exc})"
+    return env
 
 
 def check_device(params: HwParams) -> None:

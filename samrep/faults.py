@@ -1,25 +1,15 @@
 """Test hooks: pause or fail at a named point of a run, chosen by environment variables.
 
-For the tests of interruption and failure handling only; with the variables unset (always,
-outside the tests) every hook is a no-op.
-
-SAMREP_TEST_PAUSE_AT=<point>[,<point>...]
-    At a matching point, print "[samrep ...] PAUSED at <point>" on stderr and sleep, so a test
-    can send SIGKILL or SIGINT to the process at a known moment of a stage.
-SAMREP_TEST_FAIL_AT=<point>[=<kind>][,...]
-    At a matching point, raise an injected fault: kind "error" (RuntimeError, the default) or
-    "oom" (torch.cuda.OutOfMemoryError, as a GPU out of memory raises it).
-
-A point may be given as an fnmatch pattern ("evaluate:measure:*"). The points:
-    groundtruth:written         ground-truth masks and inputs written, manifest not yet
-    write:<file name>           atomic write: temporary file written, not yet renamed
-    export:<row>, build:<row>   export / build stage: the row's artifact made, stage file not
-    evaluate:build:<row>        evaluation of a row: before its backend builds
-    evaluate:measure:<row>      evaluation of a row: built, before the timed measurement
-    evaluate:saved:<row>        evaluation: the row's record written
-    report:<notebook>           `make report`: before running a notebook
-    report:render               `make report`: before rendering the HTML
-    summary:masks               99_summary: before its masks section
+For the tests of interruption and failure handling only; unset (always, outside the tests), a
+no-op. SAMREP_TEST_PAUSE_AT=<point>,...: log "PAUSED at <point>" and sleep, for a test to SIGKILL
+or SIGINT the process at a known moment. SAMREP_TEST_FAIL_AT=<point>[=<kind>],...: raise
+InjectedFault (kind "error", the default) or torch.cuda.OutOfMemoryError (kind "oom").
+Points (fnmatch patterns allowed: "evaluate:measure:*"): groundtruth:written (masks and inputs
+written, manifest not), write:<file name> (temporary file written, not renamed), export:<row> and
+build:<row> (artifact made, stage file not), evaluate:build:<row> (before the backend builds),
+evaluate:measure:<row> (built, not yet timed), evaluate:saved:<row> (record written),
+report:<notebook> (before running it), report:render (before rendering the HTML),
+summary:masks (99_summary, before its masks section).
 """
 
 from __future__ import annotations
@@ -54,10 +44,9 @@ def checkpoint(point: str) -> None:
         while True:  # until a signal ends or interrupts the process
             time.sleep(3600)
     kind = _matches(FAIL_ENV, point)
-    if kind is None:
-        return
     if kind == "oom":
         import torch
 
         raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected at {point} by {FAIL_ENV})")
-    raise InjectedFault(f"injected fault at {point} ({FAIL_ENV})")
+    if kind is not None:
+        raise InjectedFault(f"injected fault at {point} ({FAIL_ENV})")

@@ -1,10 +1,6 @@
-"""Hugging Face hub access: offline mode and a quick reachability probe.
-
-`huggingface_hub` retries an unreachable host for ~25 s per file; probing first keeps a run
-with no network fast and lets it say why it fell back.
-"""
-
-from __future__ import annotations
+"""Hugging Face hub access: offline mode and a quick reachability probe (`huggingface_hub`
+retries an unreachable host for ~25 s per file; probing first keeps a run without network fast
+and lets it say why it fell back)."""
 
 import os
 import socket
@@ -17,13 +13,9 @@ def offline_mode() -> bool:
     return any(f.strip().lower() in {"1", "true", "yes", "on"} for f in flags)
 
 
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Can a TCP connection be opened to the hub endpoint (HF_ENDPOINT honoured)?"""
-    url = urlparse(hub_endpoint())
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"))
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname, port), timeout=timeout_s):

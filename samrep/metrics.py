@@ -1,8 +1,8 @@
 """Mask post-processing and the case's accuracy: pixel agreement (`acc`) and mask IoU.
 
-`acc` is the spec's formula, `(pred_mask == gt_mask).sum() / numel` at the original image size,
-averaged over the 3 masks and every image of every repeat. It is not IoU; IoU is reported beside
-it because pixel agreement is dominated by the background on small masks.
+`acc` is the spec's `(pred_mask == gt_mask).sum() / numel` at the original image size, averaged
+over the 3 masks, images and repeats; IoU is reported beside it (pixel agreement is dominated by
+the background on small masks).
 """
 
 from __future__ import annotations
@@ -10,59 +10,43 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+Size = tuple[int, int]
+
 
 def postprocess_masks(
-    low_res_masks: torch.Tensor,
-    reshaped_size: tuple[int, int],
-    original_size: tuple[int, int],
-    pad_size: int = 1024,
+    low_res_masks: torch.Tensor, reshaped_size: Size, original_size: Size, pad_size: int = 1024
 ) -> torch.Tensor:
-    """Low-res logits -> boolean masks at the original size, as SamProcessor.post_process_masks.
-
-    low_res_masks: (B, M, 256, 256) logits (any float dtype; computed in fp32).
-    Returns (B, M, H, W) bool: bilinear to pad_size, crop to reshaped_size, bilinear to
-    original_size, logits > 0.
-    """
-    x = F.interpolate(
-        low_res_masks.float(), (pad_size, pad_size), mode="bilinear", align_corners=False
-    )
+    """(B, M, 256, 256) logits of any float dtype -> (B, M, H, W) bool, as SamProcessor's
+    post_process_masks: in fp32, bilinear to pad_size, crop to reshaped_size, bilinear, > 0."""
+    bilinear = dict(mode="bilinear", align_corners=False)
+    x = F.interpolate(low_res_masks.float(), (pad_size, pad_size), **bilinear)
     x = x[..., : reshaped_size[0], : reshaped_size[1]]
-    x = F.interpolate(x, original_size, mode="bilinear", align_corners=False)
-    return x > 0
+    return F.interpolate(x, original_size, **bilinear) > 0
 
 
 class MaskScore:
-    """Running sums of pixel agreement and IoU against the ground truth, kept on the device.
-
-    gt: (3, H, W) bool, ordered as the ground-truth files (smallest mask first); `order[i]` is
-    the model output index compared with gt[i]. No host sync until `result()`.
-    """
+    """Running sums of pixel agreement and IoU against the ground truth, kept on the device (no
+    host sync until `result()`). gt: (3, H, W) bool, ordered as the ground-truth files (smallest
+    mask first); `order[i]` is the model output index compared with gt[i]."""
 
     def __init__(self, gt: torch.Tensor, order: list[int]):
-        self.gt, self.order = gt, list(order)
+        self.gt, self.order, self.images = gt, list(order), 0
         self.agree = torch.zeros(len(order), dtype=torch.float64, device=gt.device)
-        self.iou = torch.zeros(len(order), dtype=torch.float64, device=gt.device)
-        self.images = 0
+        self.iou = torch.zeros_like(self.agree)
 
     def update(self, masks: torch.Tensor) -> None:
         """masks: (B, 3, H, W) bool predicted masks in model output order."""
-        pred = masks[:, self.order]
-        gt = self.gt.unsqueeze(0)
-        numel = gt.shape[-1] * gt.shape[-2]
-        self.agree += (pred == gt).sum(dim=(-1, -2)).sum(0).double() / numel
+        pred, gt = masks[:, self.order], self.gt.unsqueeze(0)
+        self.agree += (pred == gt).sum(dim=(0, -1, -2)).double() / (gt.shape[-1] * gt.shape[-2])
         inter = (pred & gt).sum(dim=(-1, -2)).double()
         union = (pred | gt).sum(dim=(-1, -2)).double()
-        # Both empty: identical masks, IoU 1.
-        self.iou += torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).sum(
-            0
-        )
+        self.iou += torch.where(union > 0, inter / union.clamp(min=1), 1.0).sum(0)  # both empty: 1
         self.images += masks.shape[0]
 
     def result(self) -> dict:
         """acc and IoU: the mean over masks and images, and per ground-truth mask."""
         n = max(self.images, 1)
-        agree = (self.agree / n).tolist()
-        iou = (self.iou / n).tolist()
+        agree, iou = (self.agree / n).tolist(), (self.iou / n).tolist()
         return {
             "acc": sum(agree) / len(agree),
             "iou": sum(iou) / len(iou),

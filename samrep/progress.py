@@ -14,15 +14,11 @@ def log(message: str) -> None:
 
 
 class Progress:
-    """Progress over `total` steps of a loop.
-
-    Interactive (a TTY): a line rewritten in place. Otherwise (papermill, CI, logs): one line at
-    the start, at most one line every `every_s` seconds, and one at the end, so logs stay short.
-    """
+    """Progress over `total` steps of a loop: on a TTY a line rewritten in place; otherwise
+    (papermill, CI, logs) a line at the start, at most one every `every_s` s, one at the end."""
 
     def __init__(self, label: str, total: int, every_s: float = 10.0):
-        self.label, self.total, self.every_s = label, total, every_s
-        self.done = 0
+        self.label, self.total, self.every_s, self.done = label, total, every_s, 0
         self.tty = sys.stderr.isatty()
         self.t0 = self.last = time.perf_counter()
         log(f"{label}: 0/{total}")
