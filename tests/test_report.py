@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import yaml
 from samrep.config import REPO_ROOT
 from samrep.record import Flops, Record, Row, Scores, Timing
 from tests.browser import check_page, find_chromium
-from tests.folders import safe_rmtree
+from tests.conftest import remove_test_folder as safe_rmtree
 
 SHOTS = REPO_ROOT / "test-artifacts"
 H, W = 600, 512  # grace_hopper.jpg
@@ -97,7 +98,8 @@ def fixture_report(tmp_path_factory):
     raw["data"]["data_dir"] = f"data/{tag}"
     raw["runs"] = [dict(phase=r[0], backend=r[1], precision=r[2], bs=r[3]) for r in ROWS]
     params_path = tmp_path_factory.mktemp("params") / "fixture.yaml"
-    params_path.write_text(yaml.safe_dump(raw))
+    params_path.write_text(json.dumps(raw))  # JSON is YAML (and has no aliases)
+    os.environ["SAMREP_PARAMS_DIR"] = str(params_path.parent)  # the notebook's kernel reads it
     report, data = REPO_ROOT / "build" / tag, REPO_ROOT / "data" / tag
     (report / "results").mkdir(parents=True)
     data.mkdir(parents=True)
@@ -117,6 +119,7 @@ def fixture_report(tmp_path_factory):
     (report / "results" / "infer-broken-fp32-bs1.json").write_text("{not json")
     (report / "results" / "val-torch-fp32-bs2.masks.npz").write_bytes(b"not a zip")
     yield params_path, report, data
+    os.environ.pop("SAMREP_PARAMS_DIR", None)
     safe_rmtree(report)
     safe_rmtree(data)
 
@@ -219,7 +222,7 @@ def fixture_page(fixture_report):
     papermill.execute_notebook(
         str(REPO_ROOT / "notebooks/99_summary.ipynb"),
         str(out),
-        parameters={"hw": str(params_path)},
+        parameters={"hw": "fixture"},
         kernel_name="python3",
         progress_bar=False,
         cwd=str(REPO_ROOT),
