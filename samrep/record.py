@@ -107,65 +107,34 @@ class Record(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def row_key(row: Row) -> str:
-    """File-name key of a row's result: <phase>-<backend>-<precision>-bs<bs>."""
-    return f"{row.phase}-{row.backend}-{row.precision}-bs{row.bs}"
-
-
 def upgrade_v1(d: dict) -> dict:
     """A schema-1 record (metrics repeated in several sections) as a schema-2 mapping."""
-    m = d.get("metrics") or {}
-    t, s, f = d.get("timing"), d.get("scores"), d.get("flops")
-    new = {
-        "schema": SCHEMA,
-        "upgraded_from": 1,
-        "hw": d["hw"],
-        "key": d["key"],
-        "row": {k: d[k] for k in ("phase", "backend", "precision", "bs")}
-        | {"options": d.get("options") or {}},
-        "status": d["status"],
-        **{k: d[k] for k in ("reason", "failed_stage", "traceback") if d.get(k) is not None},
-        "inputs": {
-            "image": d.get("image"),
-            "weights": d.get("weights"),
-            "ground_truth": d.get("ground_truth"),
-        },
-        "dataset": d.get("dataset") or {},
-        "environment": d.get("environment") or {},
-        **{
-            k: d[k]
-            for k in ("math_mode", "memory", "validity", "masks_file", "distributed")
-            if d.get(k)
-        },
-        "stage_times": d.get("stage_times") or {},
-        "versions": d.get("versions") or {},
-    }
+    m, t, f = d.get("metrics") or {}, d.get("timing"), d.get("flops")
+    new = {k: d[k] for k in ("hw", "key", "status")} | {"schema": SCHEMA, "upgraded_from": 1}
+    new["row"] = {k: d[k] for k in ("phase", "backend", "precision", "bs")}
+    new["row"]["options"] = d.get("options") or {}
+    new["inputs"] = {k: d.get(k) for k in ("image", "weights", "ground_truth")}
+    keep = ("reason", "failed_stage", "traceback", "math_mode", "memory", "validity", "scores")
+    keep += ("masks_file", "distributed", "dataset", "environment", "stage_times", "versions")
+    new |= {k: d[k] for k in keep if d.get(k)}
     if t:
-        med = {
-            k: t[k]
-            for k in ("core_batch_ms_median", "core_batch_ms_min", "core_batch_ms_max")
-            if k in t
+        lat = {
+            "p50": "core_batch_ms_median",
+            "min": "core_batch_ms_min",
+            "max": "core_batch_ms_max",
         }
-        new["timing"] = {
-            **{k: t[k] for k in ("images", "batches", "core_s", "whole_s")},
+        new["timing"] = {k: t[k] for k in ("images", "batches", "core_s", "whole_s")} | {
             "p_core": m.get("p_core", t.get("p_core")),
             "p_whole": m.get("p_whole", t.get("p_whole")),
-            "latency_ms": {
-                k.replace("core_batch_ms_", "").replace("median", "p50"): v for k, v in med.items()
-            },
+            "latency_ms": {k: t[v] for k, v in lat.items() if v in t},
             "repeats": t.get("repeats") or [],
         }
         if "p_core_repeats" in m:
             new["timing"]["p_core_spread"] = m["p_core_repeats"]
-    if s:
-        new["scores"] = {k: v for k, v in s.items()}
     if f:
-        new["flops"] = {
-            **{k: f[k] for k in ("per_image", "peak_key", "peak_flops", "peak_source")},
-            "mfu": m.get("mfu"),
-            "mfu_original": m.get("mfu_original"),
-            "achieved_tflops": m.get("achieved_tflops", 0.0),
-        }
+        new["flops"] = {k: f[k] for k in ("per_image", "peak_key", "peak_flops", "peak_source")}
+        new["flops"] |= {k: m.get(k) for k in ("mfu", "mfu_original")}
+        new["flops"]["achieved_tflops"] = m.get("achieved_tflops", 0.0)
     return new
 
 
@@ -183,42 +152,39 @@ def read_record(d: Any, where: str = "record") -> Record:
     return Record.model_validate(d)
 
 
+# summary column -> (section, key): one flat view, units in the names
+_FLAT = {
+    "p_core": ("timing", "p_core"),
+    "p_whole": ("timing", "p_whole"),
+    "acc": ("scores", "acc"),
+    "iou": ("scores", "iou"),
+    "embeddings_rel_l2": ("scores", "embeddings_rel_l2"),
+    "logits_rel_l2": ("scores", "logits_rel_l2"),
+    "mfu": ("flops", "mfu"),
+    "mfu_original": ("flops", "mfu_original"),
+    "mem_peak_gib": ("memory", "peak_gib"),
+    "mem_total_gib": ("memory", "total_gib"),
+    "mem_framework_peak_gib": ("memory", "framework_peak_gib"),
+    "j_per_image": ("energy", "j_per_image"),
+    "img_per_j": ("energy", "img_per_j"),
+    "valid": ("validity", "valid"),
+}
+
+
 def summary(rec: Record) -> dict:
     """The flat view of a record that every table and figure reads (units in the names)."""
-    t, s, f = rec.timing, rec.scores, rec.flops
-    mem, energy, valid = rec.memory or {}, rec.energy or {}, rec.validity or {}
-    weights = rec.inputs.get("weights") or {}
-    lat = t.latency_ms if t else {}
-    return {
-        "hw": rec.hw,
-        "key": rec.key,
-        **rec.row.model_dump(exclude={"options"}),
-        "status": rec.status,
-        "reason": rec.reason,
-        "math_mode": rec.math_mode,
-        "p_core": t.p_core if t else None,
-        "p_whole": t.p_whole if t else None,
-        "latency_p50_ms": lat.get("p50"),
-        "latency_p90_ms": lat.get("p90"),
-        "latency_p99_ms": lat.get("p99"),
-        "acc": s.acc if s else None,
-        "iou": s.iou if s else None,
-        "embeddings_rel_l2": s.embeddings_rel_l2 if s else None,
-        "logits_rel_l2": s.logits_rel_l2 if s else None,
-        "mfu": f.mfu if f else None,
-        "mfu_original": f.mfu_original if f else None,
-        "mem_peak_gib": mem.get("peak_gib"),
-        "mem_total_gib": mem.get("total_gib"),
-        "mem_framework_peak_gib": mem.get("framework_peak_gib"),
-        "j_per_image": energy.get("j_per_image"),
-        "img_per_j": energy.get("img_per_j"),
-        # how it was measured, or why not ("not measured: no NVML energy counter on a CPU")
-        "energy": energy.get("method", "not measured")
-        + (f": {energy['reason']}" if energy.get("reason") else ""),
-        "valid": valid.get("valid"),
-        "failed_checks": [
-            k for k, c in (valid.get("checks") or {}).items() if c.get("ok") is False
-        ],
-        "synthetic_weights": weights.get("synthetic"),
-        "commit": rec.environment.get("git_commit"),
-    }
+    d = rec.dump()
+    out = {"hw": rec.hw, "key": rec.key, **rec.row.model_dump(exclude={"options"})}
+    out |= {"status": rec.status, "reason": rec.reason, "math_mode": rec.math_mode}
+    out |= {k: (d.get(sec) or {}).get(key) for k, (sec, key) in _FLAT.items()}
+    lat = rec.timing.latency_ms if rec.timing else {}
+    out |= {f"latency_{q}_ms": lat.get(q) for q in ("p50", "p90", "p99")}
+    energy, checks = rec.energy or {}, (rec.validity or {}).get("checks") or {}
+    # how it was measured, or why not ("not measured: no NVML energy counter on a CPU")
+    out["energy"] = energy.get("method", "not measured") + (
+        f": {energy['reason']}" if energy.get("reason") else ""
+    )
+    out["failed_checks"] = [k for k, c in checks.items() if c.get("ok") is False]
+    out["synthetic_weights"] = (rec.inputs.get("weights") or {}).get("synthetic")
+    out["commit"] = rec.environment.get("git_commit")
+    return out
