@@ -99,8 +99,11 @@ def _bench_distributed(params: HwParams, run: RunParams, launch) -> dict:
     return record
 
 
-def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
-    """Time samrep.fast's cumulative optimisation steps; write reports/<hw>/steps.json."""
+def steps(
+    params: HwParams, bs: int, precision: str, iters: int, only: tuple[int, ...] | None = None
+) -> list[dict]:
+    """Time samrep.fast's cumulative optimisation steps (`only`: these alone); write
+    reports/<hw>/steps.json."""
     from samrep.evaluate import mask_scorer
     from samrep.fast.steps import optimisation_steps
     from samrep.groundtruth import load_ground_truth, load_params_model
@@ -110,9 +113,11 @@ def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
     model, weights = load_params_model(params)
     flops = sam_flops(model.config, points_per_image=1, batch_size=bs)
     peak = params.peaks.get(precision)
-    todo = (0, 1, 2, 3, 4, 5, 6, 7) if precision == "bf16" else (0, 1, 2, 3, 4, 5, 6)
+    fp8_steps = (7, 10)  # bf16 only
+    todo = tuple(i for i in range(11) if precision == "bf16" or i not in fp8_steps)
     if params.device != "cuda":
         todo = (0, 1, 2)
+    todo = tuple(i for i in todo if only is None or i in only)
     log(f"steps: {precision} bs{bs}, {iters} iterations per step")
 
     def score(logits):

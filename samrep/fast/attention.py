@@ -27,7 +27,8 @@ from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionAttention
 
 from samrep.fast.relpos import rel_pos_tables
-from samrep.fast.triton_attention import grid_tables, rel_terms, relpos_attention, split_head_dim
+from samrep.fast.triton_attention import grid_tables, relpos_attention, split_head_dim
+from samrep.fast.triton_relpos import rel_terms
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -187,10 +188,12 @@ class GridVisionAttention(nn.Module):
             raise ValueError(
                 f"attention built for a {self.size}x{self.size} grid, got {height}x{width}"
             )
-        qkv = self.qkv(hidden_states)  # (B, S, S, 3 * hidden)
-        q = qkv.unflatten(-1, (3, self.num_heads, self.head_dim))[..., 0, :, :]
-        rel_h, rel_w = rel_terms(q, self.grid_h, self.grid_w)
-        out = relpos_attention(
+        return self.proj(self.attend(self.qkv(hidden_states)))
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(B, S, S, 3 * hidden) qkv projection -> (B, S, S, hidden) attention before proj."""
+        rel_h, rel_w = rel_terms(qkv, self.grid_h, self.grid_w, self.num_heads)
+        return relpos_attention(
             qkv,
             self.qkv.bias if self.zero_bias is None else self.zero_bias,
             rel_h,
@@ -199,4 +202,3 @@ class GridVisionAttention(nn.Module):
             self.window,
             self.scale,
         )
-        return self.proj(out)

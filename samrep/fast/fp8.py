@@ -182,6 +182,33 @@ class Fp8Linear(nn.Module):
         )
 
 
+_BIAS_IN_MM: list[bool] = [True]  # False once `_scaled_mm` has refused a rowwise bias
+
+
+def scaled_mm(
+    x8: torch.Tensor, x_scale: torch.Tensor, linear: Fp8Linear, bias: bool = False
+) -> torch.Tensor:
+    """x8 @ W.T (+ b with bias) from an already quantised input, bf16 out: no quantise pass.
+
+    x8 (..., K) e4m3 contiguous, x_scale (rows, 1) float32 (x ~ x8 * x_scale); `linear` gives
+    W's e4m3 values and (1, N) scales. Returns (..., N) bfloat16. The bias goes into the GEMM
+    epilogue where this torch accepts it with rowwise scales, else a separate add.
+    """
+    a = x8.reshape(-1, x8.shape[-1])
+    kw = dict(scale_a=x_scale, scale_b=linear.weight_scale, out_dtype=torch.bfloat16)
+    out = None
+    if bias and _BIAS_IN_MM[0]:
+        try:
+            out = torch._scaled_mm(a, linear.weight_fp8.t(), bias=linear.bias, **kw)
+        except (RuntimeError, NotImplementedError):
+            _BIAS_IN_MM[0] = False
+    if out is None:
+        out = torch._scaled_mm(a, linear.weight_fp8.t(), **kw)
+        if bias:
+            out = out + linear.bias.to(out.dtype)
+    return out.reshape(*x8.shape[:-1], out.shape[-1])
+
+
 def swap_linears_to_fp8_(
     module: nn.Module, granularity: str = "rowwise", use_fast_accum: bool = False
 ) -> int:

@@ -13,7 +13,9 @@ iou_scores), up to floating-point rounding. What changes, in the image encoder o
 * precision: weights and activations in fp32, fp16 or bf16. For fp16 the residual stream and
   every LayerNorm run in fp32 (ViT-H in fp16 overflows there otherwise; `fp32_residual=`);
   matmuls stay fp16;
-* optional fp8 e4m3 linear layers (`samrep.fast.fp8`, CUDA sm89+ only).
+* optional fp8 e4m3 linear layers (`samrep.fast.fp8`, CUDA sm89+ only);
+* `fused=True`: `samrep.fast.fused.FusedVisionLayer` blocks (residual add + LayerNorm in one
+  Triton pass; with fp8 the producers quantise), and `gelu="tanh"`: GELU in fc1's epilogue.
 
 Window padding keeps SAM's exact semantics: tokens are zero-padded 64 -> 70 a side after the
 first LayerNorm and are not masked (their keys/values are qkv(0) = the bias; the kernel
@@ -38,6 +40,7 @@ from transformers.models.sam.modeling_sam import SamVisionEncoder, SamVisionLaye
 
 from samrep.fast.attention import FastVisionAttention, GridVisionAttention
 from samrep.fast.fp8 import check_fp8_supported, default_granularity, swap_linears_to_fp8_
+from samrep.fast.fused import GELU, FastMLP, FusedVisionLayer, run_fused_layers
 
 # How the image encoder's attention runs (see FastVisionLayer).
 ATTENTION = ("kernel", "folded", "masked")
@@ -157,7 +160,13 @@ class FastVisionLayer(nn.Module):
     """
 
     def __init__(
-        self, layer: SamVisionLayer, grid: int, *, attention: str = "folded", upcast_norm: bool
+        self,
+        layer: SamVisionLayer,
+        grid: int,
+        *,
+        attention: str = "folded",
+        upcast_norm: bool,
+        gelu: str = "exact",
     ):
         super().__init__()
         if attention not in ATTENTION:
@@ -173,7 +182,7 @@ class FastVisionLayer(nn.Module):
         else:
             self.attn = GridVisionAttention(layer.attn, grid, self.window_size)
         self.layer_norm2 = norm(layer.layer_norm2)
-        self.mlp = layer.mlp
+        self.mlp = FastMLP(layer.mlp) if gelu == "tanh" else layer.mlp
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm1(hidden_states)
@@ -190,19 +199,26 @@ class FastVisionLayer(nn.Module):
 class FastVisionEncoder(nn.Module):
     """SAM's image encoder: (B, 3, 1024, 1024) float -> (B, 256, 64, 64) in the model dtype."""
 
-    def __init__(
-        self, encoder: SamVisionEncoder, *, attention: str, upcast_norm: bool, patch_gemm: bool
-    ):
+    def __init__(self, encoder: SamVisionEncoder, *, attention: str, upcast_norm: bool, **kw):
         super().__init__()
         cfg = encoder.config
         grid = cfg.image_size // cfg.patch_size
         self.upcast_norm = bool(upcast_norm)
+        patch_gemm, gelu, self.fused, fp8 = kw["patch_gemm"], kw["gelu"], kw["fused"], kw["fp8"]
+        if gelu not in GELU:
+            raise ValueError(f"gelu must be one of {GELU}, got {gelu!r}")
+        if self.fused and (upcast_norm or attention != "kernel"):
+            raise ValueError("fused layers need attention='kernel' and no fp32 residual")
         self.patch_embed = (
             PatchEmbedGemm(encoder.patch_embed) if patch_gemm else encoder.patch_embed
         )
         self.pos_embed = encoder.pos_embed  # (1, 64, 64, C) parameter, or None
         self.layers = nn.ModuleList(
-            FastVisionLayer(layer, grid, attention=attention, upcast_norm=upcast_norm)
+            FusedVisionLayer(layer, grid, gelu=gelu, fp8=fp8)
+            if self.fused
+            else FastVisionLayer(
+                layer, grid, attention=attention, upcast_norm=upcast_norm, gelu=gelu
+            )
             for layer in encoder.layers
         )
         # SAM's neck (SamVisionNeck: 1x1 conv, LN, 3x3 conv, LN, channels first), its modules
@@ -221,8 +237,11 @@ class FastVisionEncoder(nn.Module):
         if self.upcast_norm:
             # fp16: keep the residual stream in fp32 (the layers' fp16 outputs promote into it)
             hidden_states = hidden_states.float()
-        for layer in self.layers:
-            hidden_states = layer(hidden_states)
+        if self.fused:
+            hidden_states = run_fused_layers(self.layers, hidden_states)
+        else:
+            for layer in self.layers:
+                hidden_states = layer(hidden_states)
         x = hidden_states.to(dtype).permute(0, 3, 1, 2)
         x = self.neck_norm1(self.neck_conv1(x))
         return self.neck_norm2(self.neck_conv2(x))
@@ -237,11 +256,11 @@ class FastSam(nn.Module):
     i.e. `SamModel(..., multimask_output=True)`'s pred_masks and iou_scores.
     """
 
-    def __init__(self, hf: SamModel, *, attention: str, upcast_norm: bool, patch_gemm: bool):
+    def __init__(self, hf: SamModel, *, attention: str, upcast_norm: bool, **kw):
         super().__init__()
         self.precision_dtype = hf.vision_encoder.patch_embed.projection.weight.dtype
         self.vision_encoder = FastVisionEncoder(
-            hf.vision_encoder, attention=attention, upcast_norm=upcast_norm, patch_gemm=patch_gemm
+            hf.vision_encoder, attention=attention, upcast_norm=upcast_norm, **kw
         )
         self.prompt_encoder = hf.prompt_encoder
         self.mask_decoder = hf.mask_decoder
@@ -277,6 +296,8 @@ def build_fast_sam(
     fp8_linear: bool = False,
     fp32_residual: bool | None = None,
     patch_gemm: bool = True,
+    gelu: str = "exact",
+    fused: bool = False,
 ) -> FastSam:
     """A `FastSam` (eval mode, no grads) with `model`'s weights, on `model`'s device.
 
@@ -291,6 +312,9 @@ def build_fast_sam(
     fp32_residual: keep the encoder's residual stream and its LayerNorms in fp32 while the
         matmuls run in `precision` (default: on for fp16, where ViT-H overflows otherwise).
     patch_gemm: run the patch-embedding conv as a GEMM (`PatchEmbedGemm`).
+    gelu: "exact" (erf, SAM's) or "tanh" (fc1's cuBLASLt epilogue; an approximation).
+    fused: `FusedVisionLayer` blocks (needs attention "kernel"); with fp8_linear the fused fp8
+        path (producers quantise; qkv, fc1, fc2 in fp8, proj bf16) replaces `Fp8Linear` swaps.
     Move the result with `.to(device)` only (not `.to(dtype)`): the precision is fixed here.
     """
     if precision not in DTYPES:
@@ -303,8 +327,14 @@ def build_fast_sam(
     if fp32_residual is None:
         fp32_residual = precision == "fp16"
     fast = FastSam(
-        hf, attention=attention, upcast_norm=bool(fp32_residual), patch_gemm=bool(patch_gemm)
+        hf,
+        attention=attention,
+        upcast_norm=bool(fp32_residual),
+        patch_gemm=bool(patch_gemm),
+        gelu=gelu,
+        fused=bool(fused),
+        fp8=bool(fp8_linear and fused),
     )
-    if fp8_linear:
+    if fp8_linear and not fused:
         swap_linears_to_fp8_(fast.vision_encoder, granularity=default_granularity())
     return fast.eval().requires_grad_(False)

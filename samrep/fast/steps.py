@@ -11,6 +11,11 @@ Steps (cumulative):
       partition, qkv on the unpadded grid, bias added in the kernel; compiled + CUDA graph
   6 + the patch-embedding conv as one GEMM over unfolded patches (`PatchEmbedGemm`)
   7 + fp8 e4m3 linear layers in the image encoder (bf16 only), compiled + CUDA graph
+  8 step 6 with fused blocks (`samrep.fast.fused`): residual add + LayerNorm in one Triton
+    pass; eager (no torch.compile: every hot op is a hand-written kernel) + CUDA graph
+  9 + GELU in fc1's cuBLASLt epilogue (tanh approximation)
+ 10 + fp8 qkv / fc1 / fc2 quantised by their producers (LayerNorm and GELU kernels emit e4m3
+    + per-row dynamic scales; erf GELU in that kernel); proj bf16 (bf16 only)
 
 Timing: per iteration, core = synchronize, forward, synchronize (time.perf_counter);
 img/s = bs * iters / sum(core). Every step's low-res mask logits are compared with step 0's.
@@ -39,7 +44,16 @@ STEP_NAMES = (
     "+ triton rel-pos attention kernel",
     "+ patch embedding as a gemm",
     "+ fp8 linear",
+    "6 + fused add+layernorm (eager + cuda graph)",
+    "+ gelu in the fc1 epilogue (tanh)",
+    "+ fp8 quantised by the producers",
 )
+# Step -> build_fast_sam options of the fused steps (all with attention="kernel", patch GEMM).
+FUSED_STEPS = {
+    8: dict(fused=True),
+    9: dict(fused=True, gelu="tanh"),
+    10: dict(fused=True, fp8_linear=True),
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -64,8 +78,10 @@ def _graph_breaks() -> int:
         return -1
 
 
-def _cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """Capture `fn(*static_inputs)` in a CUDA graph; returns run() = copy inputs in + replay."""
+def cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """Capture `fn(*static_inputs)` in a CUDA graph. Returns run(*args): copy args (default:
+    `inputs`) into the static inputs, replay, return the static output (overwritten by the
+    next replay)."""
     static = [x.clone() for x in inputs]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -77,8 +93,8 @@ def _cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[[], torch.Tenso
     with torch.cuda.graph(graph):
         out = fn(*static)
 
-    def run() -> torch.Tensor:
-        for dst, src in zip(static, inputs, strict=True):
+    def run(*args: torch.Tensor) -> torch.Tensor:
+        for dst, src in zip(static, args or inputs, strict=True):
             dst.copy_(src)
         graph.replay()
         return out
@@ -87,29 +103,19 @@ def _cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[[], torch.Tenso
     return run
 
 
-def flash_attention_eligible(
-    fast: torch.nn.Module, device: torch.device, dtype: torch.dtype
-) -> dict[int, bool]:
-    """For each folded head dim in `fast` (112 and 208 for ViT-H): can SDPA run it with the
-    flash backend alone on `device`? (A False explains a slow step 2.) Empty off CUDA."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from samrep.fast.attention import FastVisionAttention
-
-    result: dict[int, bool] = {}
-    if device.type != "cuda":
-        return result
-    for module in fast.modules():
-        if isinstance(module, FastVisionAttention) and module.qk_dim not in result:
-            q = torch.zeros(1, module.num_heads, 256, module.qk_dim, device=device, dtype=dtype)
-            v = q if module.pad_value else q[..., : module.head_dim].contiguous()
-            try:
-                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-                    torch.nn.functional.scaled_dot_product_attention(q, q, v, scale=1.0)
-                result[module.qk_dim] = True
-            except RuntimeError:
-                result[module.qk_dim] = False
-    return result
+def step_math_mode(i: int, precision: str) -> str:
+    """What step i computes, in the backend's math_mode words."""
+    if i <= 1:
+        return f"{precision} HF eager"
+    attn = "attn folded flash" if i <= 4 else "attn kernel"
+    parts = [f"{precision} encoder", attn, "patch gemm" if i >= 6 else "patch conv"]
+    if i in (7, 10):
+        parts[0] = "fp8 e4m3 qkv/proj/fc1/fc2" if i == 7 else "fp8 e4m3 qkv/fc1/fc2, proj bf16"
+        parts.append("fp8 rowwise-dynamic" + (", producers quantise" if i == 10 else ""))
+    if i >= 8:
+        parts.append("fused add+ln")
+    parts.append("gelu tanh-epilogue" if i == 9 else "gelu erf")
+    return "; ".join(parts)
 
 
 def _free(state: dict, *keys: str) -> None:
@@ -161,7 +167,7 @@ def optimisation_steps(
     device: str,
     iters: int,
     warmup: int,
-    steps: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7),
+    steps: Sequence[int] = tuple(range(len(STEP_NAMES))),
     score: Callable[[torch.Tensor], dict] | None = None,
 ) -> list[dict]:
     """Measure the cumulative optimisation steps (module docstring) and return one dict each.
@@ -175,9 +181,8 @@ def optimisation_steps(
     Each dict: step (int), name, img_per_s, ms_per_iter_mean, ms_per_iter_min,
     max_abs_diff (low-res logits vs step 0; None without step 0), mask_agreement (fraction
     of logits with the same sign as step 0), compile_s (seconds this step added: compile
-    and/or graph capture; 0 for eager), first_call_s, peak_mem_gib (CUDA), flash_eligible
-    (step 2 on CUDA: {folded head dim: the flash backend accepts it}), graph_breaks
-    (compiled steps), bs, precision; or {"step", "name", "error", "traceback"}.
+    and/or graph capture; 0 for eager), first_call_s, peak_mem_gib (CUDA), graph_breaks
+    (compiled steps), bs, precision, math_mode; or {"step", "name", "error", "traceback"}.
     score: called with each step's last low-res logits (bs, 1, 3, 256, 256) float; the dict it
         returns (e.g. acc and IoU against the ground truth) is merged into the step's row.
     """
@@ -223,7 +228,7 @@ def optimisation_steps(
         """The compiled module captured in a CUDA graph; seconds = compile (if new) + capture."""
         fn, compile_s = compiled(key, module)
         t0 = time.perf_counter()
-        run = _cuda_graph(lambda a, b: fn(a, b)[0], pv, pts)
+        run = cuda_graph(lambda a, b: fn(a, b)[0], pv, pts)
         _sync(dev)
         return run, compile_s + time.perf_counter() - t0
 
@@ -259,9 +264,9 @@ def optimisation_steps(
             _free(state, "fast", "compiled", "compiled_kernel", "hf")
             gemm = build_fast_sam(model, precision=precision, attention=attention, patch_gemm=True)
             return graphed("compiled_patch", gemm.to(dev))
+        if i in (7, 10) and precision != "bf16":
+            raise RuntimeError("fp8 linear is measured in bf16 only")
         if i == 7:
-            if precision != "bf16":
-                raise RuntimeError("fp8 linear is measured in bf16 only")
             if dev.type != "cuda":
                 raise RuntimeError("fp8 linear needs a CUDA device")
             _free(state, "fast", "compiled", "compiled_kernel", "compiled_patch", "hf")
@@ -269,6 +274,16 @@ def optimisation_steps(
                 model, precision="bf16", attention=attention, fp8_linear=True, patch_gemm=6 in steps
             )
             return graphed("compiled_fp8", fast8.to(dev))
+        if i in FUSED_STEPS:
+            _free(state, "fast", "compiled", "compiled_kernel", "compiled_patch", "compiled_fp8")
+            opts = FUSED_STEPS[i]
+            fused = build_fast_sam(model, precision=precision, attention="kernel", **opts).to(dev)
+            if dev.type != "cuda":  # the CPU runs it eagerly, on the kernels' torch references
+                return (lambda: fused(pv, pts)[0]), 0.0
+            t0 = time.perf_counter()
+            run = cuda_graph(lambda a, b: fused(a, b)[0], pv, pts)
+            _sync(dev)
+            return run, time.perf_counter() - t0
         raise ValueError(f"unknown step {i}")
 
     for i in steps:
@@ -294,10 +309,9 @@ def optimisation_steps(
                 row["max_abs_diff"] = row["mask_agreement"] = None
             if score is not None:
                 row.update(score(logits))
+            row["math_mode"] = step_math_mode(i, precision)
             if dev.type == "cuda":
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-                if i == 2:
-                    row["flash_eligible"] = flash_attention_eligible(fast_model(), dev, dtype)
             results.append(row)
         except Exception as exc:  # one failing step must not lose the others
             results.append(
