@@ -105,7 +105,7 @@ def steps(
     """Time samrep.fast's cumulative optimisation steps (`only`: these alone); write
     reports/<hw>/steps.json."""
     from samrep.evaluate import mask_scorer
-    from samrep.fast.steps import optimisation_steps
+    from samrep.fast.steps import FP8_STEPS, STEP_NAMES, optimisation_steps
     from samrep.groundtruth import load_ground_truth, load_params_model
 
     check_device(params)
@@ -113,8 +113,7 @@ def steps(
     model, weights = load_params_model(params)
     flops = sam_flops(model.config, points_per_image=1, batch_size=bs)
     peak = params.peaks.get(precision)
-    fp8_steps = (7, 10)  # bf16 only
-    todo = tuple(i for i in range(11) if precision == "bf16" or i not in fp8_steps)
+    todo = tuple(i for i in range(len(STEP_NAMES)) if precision == "bf16" or i not in FP8_STEPS)
     if params.device != "cuda":
         todo = (0, 1, 2)
     todo = tuple(i for i in todo if only is None or i in only)

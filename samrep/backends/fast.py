@@ -56,7 +56,13 @@ class FastOptions(pydantic.BaseModel):
         "'kernel' in bf16/fp8)",
     )
     gelu_epilogue: bool = Field(
-        False, description="GELU in fc1's cuBLASLt epilogue: the tanh approximation, not erf"
+        True,
+        description="tanh-approximate GELU in fc1's cuBLASLt epilogue (fp8: in the quantising "
+        "kernel) instead of erf GELU; on by default: on an H200, bs16, acc 0.9932 vs 0.9930 erf",
+    )
+    fp8_fast_accum: bool = Field(False, description="fp8 GEMMs with fast accumulation")
+    fp8_linears: tuple[Literal["qkv", "fc1", "fc2"], ...] = Field(
+        ("qkv", "fc1", "fc2"), description="fp8 with fused_ln: which linears run in e4m3"
     )
 
 
@@ -120,10 +126,11 @@ class FastBackend(Backend):
             source,
             precision="bf16" if fp8 else self.precision,
             attention=self.attention,
-            fp8_linear=fp8,
+            fp8_linear=opts.fp8_linears if fp8 and fused else fp8,
             fp32_residual=residual,
             gelu="tanh" if opts.gelu_epilogue else "exact",
             fused=fused,
+            fp8_fast_accum=opts.fp8_fast_accum,
         )
         self.encoder = fast.vision_encoder.to(self.device)
         self.decoder = decoder_copy(model).to(self.device).eval()
@@ -147,7 +154,11 @@ class FastBackend(Backend):
         cuda = self.device.type == "cuda"
         parts = {
             "fp32": ["fp32 encoder (TF32 off)" if cuda else "fp32 encoder"],
-            "fp8": ["fp8 e4m3 qkv/fc1/fc2, proj bf16" if fused else "fp8 e4m3 encoder linears"],
+            "fp8": [
+                f"fp8 e4m3 {'/'.join(self.opts.fp8_linears)}, rest bf16"
+                if fused
+                else "fp8 e4m3 encoder linears"
+            ],
         }.get(self.precision, [f"{self.precision} encoder"])
         parts.append(f"attn {self.attention}")
         if fused:
@@ -157,6 +168,7 @@ class FastBackend(Backend):
         parts.append(tanh if self.opts.gelu_epilogue else "gelu erf")
         if self.precision == "fp8":
             parts.append("fp8 rowwise-dynamic" + (", producers quantise" if fused else ""))
+            parts.append("fast accum" if self.opts.fp8_fast_accum else "fp32 accum")
         parts.append("compiled" if compiled else "eager")
         return "; ".join(parts) + "; fp32 decoder"
 

@@ -60,7 +60,7 @@ class FusedVisionLayer(nn.Module):
     with x' + (d' + d_bias') the block's output; d None for the first block.
     fp8: which of `FP8_LINEARS` run in fp8 (True: all three, False: none)."""
 
-    def __init__(self, layer: SamVisionLayer, grid: int, *, gelu: str, fp8: bool | tuple = False):
+    def __init__(self, layer: SamVisionLayer, grid: int, *, gelu: str, fp8=False, fast_accum=False):
         super().__init__()
         if gelu not in GELU:
             raise ValueError(f"gelu must be one of {GELU}, got {gelu!r}")
@@ -71,7 +71,7 @@ class FusedVisionLayer(nn.Module):
         self.fp8 = FP8_LINEARS if fp8 is True else tuple(fp8 or ())
         linears = {"qkv": layer.attn.qkv, "fc1": self.fc1, "fc2": self.fc2}
         # rowwise (per output channel) weight scales, quantised once here
-        self.fp8_linears = nn.ModuleDict({k: Fp8Linear(linears[k]) for k in self.fp8})
+        self.fp8_linears = nn.ModuleDict({k: Fp8Linear(linears[k], fast_accum) for k in self.fp8})
 
     def extra_repr(self) -> str:
         return f"gelu={self.gelu}, fp8={self.fp8}"

@@ -1,25 +1,24 @@
 """Measure the optimisation steps of `samrep.fast` one on top of the other, on one device.
 
-Steps (cumulative):
-  0 HF eager (the model's attention implementation, SDPA by default) in the precision
+  0 HF eager (its attention implementation, SDPA by default) in the precision
   1 + rel-pos gather index cached on the device (no CPU arange + host copy per layer)
   2 + FastSam: folded rel-pos flash attention, rel-pos tables and image PE precomputed
   3 + torch.compile (default mode)
-  4 + CUDA graph: the step-3 compiled module captured on a static batch with
-      torch.cuda.CUDAGraph (no second compile); replay = copy inputs in + replay
-  5 + the Triton rel-pos attention kernel (`samrep.fast.triton_attention`): no window
-      partition, qkv on the unpadded grid, bias added in the kernel; compiled + CUDA graph
-  6 + the patch-embedding conv as one GEMM over unfolded patches (`PatchEmbedGemm`)
-  7 + fp8 e4m3 linear layers in the image encoder (bf16 only), compiled + CUDA graph
+  4 + CUDA graph of the step-3 module (no second compile); replay = copy inputs + replay
+  5 + the Triton rel-pos attention kernel (no window partition, qkv on the unpadded grid) and
+      the Triton rel-pos terms kernel; compiled + CUDA graph, as are 6 and 7
+  6 + the patch-embedding conv as one GEMM (`PatchEmbedGemm`)
+  7 + fp8 e4m3 linears, each input quantised in a separate pass (bf16 only)
   8 step 6 with fused blocks (`samrep.fast.fused`): residual add + LayerNorm in one Triton
-    pass; eager (no torch.compile: every hot op is a hand-written kernel) + CUDA graph
+    pass; eager (every hot op is a hand-written kernel or cuBLAS) + CUDA graph, as are 9-11
   9 + GELU in fc1's cuBLASLt epilogue (tanh approximation)
- 10 + fp8 qkv / fc1 / fc2 quantised by their producers (LayerNorm and GELU kernels emit e4m3
-    + per-row dynamic scales; erf GELU in that kernel); proj bf16 (bf16 only)
+ 10 + fp8 qkv/fc1/fc2 quantised by their producers (the norms and a bias + tanh-GELU kernel
+    emit e4m3 + per-row dynamic scales); proj bf16 (bf16 only)
+ 11 + fp8 GEMMs with fast accumulation (bf16 only)
 
-Timing: per iteration, core = synchronize, forward, synchronize (time.perf_counter);
-img/s = bs * iters / sum(core). Every step's low-res mask logits are compared with step 0's.
-A failing step becomes {"step": i, "name": ..., "error": "..."} and the next step still runs.
+Timing: core = synchronize, forward, synchronize (perf_counter) per iteration; img/s = bs *
+iters / sum(core). Logits are compared with step 0's. A failing step becomes {"step",
+"name", "error", "traceback"} and the next step still runs.
 """
 
 from __future__ import annotations
@@ -47,12 +46,27 @@ STEP_NAMES = (
     "6 + fused add+layernorm (eager + cuda graph)",
     "+ gelu in the fc1 epilogue (tanh)",
     "+ fp8 quantised by the producers",
+    "+ fp8 fast accumulation",
 )
-# Step -> build_fast_sam options of the fused steps (all with attention="kernel", patch GEMM).
-FUSED_STEPS = {
+FP8_STEPS = (7, 10, 11)
+# build_fast_sam options of steps 5-11 (attention "kernel"; steps 8-11 are not compiled)
+BUILDS = {
+    5: dict(patch_gemm=False),
+    6: dict(),
+    7: dict(fp8_linear=True),
     8: dict(fused=True),
     9: dict(fused=True, gelu="tanh"),
-    10: dict(fused=True, fp8_linear=True),
+    10: dict(fused=True, gelu="tanh", fp8_linear=True),
+    11: dict(fused=True, gelu="tanh", fp8_linear=True, fp8_fast_accum=True),
+}
+MATH = {
+    5: "attn kernel; patch conv",
+    6: "attn kernel; patch gemm",
+    7: "fp8 e4m3 qkv/proj/fc1/fc2, rowwise-dynamic, separate quantise",
+    8: "attn kernel; patch gemm; fused add+ln; gelu erf",
+    9: "attn kernel; patch gemm; fused add+ln; gelu tanh-epilogue",
+    10: "fp8 e4m3 qkv/fc1/fc2 rowwise-dynamic, producers quantise; proj bf16; gelu tanh",
+    11: "fp8 e4m3 qkv/fc1/fc2 rowwise-dynamic, producers quantise, fast accum; gelu tanh",
 }
 
 
@@ -103,33 +117,7 @@ def cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[..., torch.Tenso
     return run
 
 
-def step_math_mode(i: int, precision: str) -> str:
-    """What step i computes, in the backend's math_mode words."""
-    if i <= 1:
-        return f"{precision} HF eager"
-    attn = "attn folded flash" if i <= 4 else "attn kernel"
-    parts = [f"{precision} encoder", attn, "patch gemm" if i >= 6 else "patch conv"]
-    if i in (7, 10):
-        parts[0] = "fp8 e4m3 qkv/proj/fc1/fc2" if i == 7 else "fp8 e4m3 qkv/fc1/fc2, proj bf16"
-        parts.append("fp8 rowwise-dynamic" + (", producers quantise" if i == 10 else ""))
-    if i >= 8:
-        parts.append("fused add+ln")
-    parts.append("gelu tanh-epilogue" if i == 9 else "gelu erf")
-    return "; ".join(parts)
-
-
-def _free(state: dict, *keys: str) -> None:
-    """Drop earlier steps' models and compiled callables (and their CUDA memory)."""
-    for key in keys:
-        state.pop(key, None)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _measure(
-    fn: Callable[[], torch.Tensor], device: torch.device, bs: int, iters: int, warmup: int
-) -> dict:
+def _measure(fn: Callable[[], torch.Tensor], device, bs: int, iters: int, warmup: int) -> dict:
     """First call (timed: includes any compile), warm-up, then `iters` timed calls."""
     _sync(device)
     t0 = time.perf_counter()
@@ -175,9 +163,8 @@ def optimisation_steps(
     model: HF SamModel (any device/dtype; never modified: each step works on a copy).
     pixel_values (N, 3, 1024, 1024), input_points (N, 1, 1, 2) pixel coords: sliced or tiled
         to batch `bs`.
-    precision: "fp32" | "fp16" | "bf16"; device e.g. "cuda" (steps 4 and 5 need CUDA; on the
-        CPU run steps (0, 1, 2) only; step 5's kernel needs CUDA and Triton). steps: which steps to run (later ones build what they
-        need from earlier ones themselves).
+    precision: "fp32" | "fp16" | "bf16"; device e.g. "cuda" (steps 4-7 need CUDA; 8-11 run
+        eagerly on the CPU). steps: which to run (each builds what it needs itself).
     Each dict: step (int), name, img_per_s, ms_per_iter_mean, ms_per_iter_min,
     max_abs_diff (low-res logits vs step 0; None without step 0), mask_agreement (fraction
     of logits with the same sign as step 0), compile_s (seconds this step added: compile
@@ -194,7 +181,6 @@ def optimisation_steps(
     pts = _batched(input_points, bs).to(dev, torch.float32)
     state: dict[str, object] = {}
     results: list[dict] = []
-    attention = "kernel" if 5 in steps else "folded"
     reference: torch.Tensor | None = None
 
     def hf_model():
@@ -224,9 +210,8 @@ def optimisation_steps(
         state[key] = fn
         return fn, time.perf_counter() - t0
 
-    def graphed(key: str, module: torch.nn.Module) -> tuple[Callable, float]:
-        """The compiled module captured in a CUDA graph; seconds = compile (if new) + capture."""
-        fn, compile_s = compiled(key, module)
+    def graphed(fn: Callable, compile_s: float = 0.0) -> tuple[Callable, float]:
+        """fn(pv, pts) captured in a CUDA graph; seconds = compile_s + capture."""
         t0 = time.perf_counter()
         run = cuda_graph(lambda a, b: fn(a, b)[0], pv, pts)
         _sync(dev)
@@ -234,11 +219,10 @@ def optimisation_steps(
 
     def step_fn(i: int) -> tuple[Callable, float]:
         """(forward returning low-res logits, compile seconds) for step i."""
-        if i == 0:
-            return hf_fn(hf_model()), 0.0
-        if i == 1:
+        if i in (0, 1):
             hf = hf_model()
-            cache_hf_rel_pos_index_(hf)
+            if i == 1:
+                cache_hf_rel_pos_index_(hf)
             return hf_fn(hf), 0.0
         if i == 2:
             fast = fast_model()
@@ -246,45 +230,25 @@ def optimisation_steps(
         if i == 3:
             fn, compile_s = compiled("compiled", fast_model())
             return (lambda: fn(pv, pts)[0]), compile_s
-        if i == 4:
-            if dev.type != "cuda":
-                raise RuntimeError("CUDA graphs need a CUDA device")
-            return graphed("compiled", fast_model())
-        if i == 5:
-            if dev.type != "cuda":
-                raise RuntimeError("the Triton attention kernel needs a CUDA device")
-            _free(state, "fast", "compiled", "hf")
-            kernel = build_fast_sam(
-                model, precision=precision, attention="kernel", patch_gemm=False
-            )
-            return graphed("compiled_kernel", kernel.to(dev))
-        if i == 6:
-            if dev.type != "cuda":
-                raise RuntimeError("steps 4-7 are CUDA-graph steps: they need a CUDA device")
-            _free(state, "fast", "compiled", "compiled_kernel", "hf")
-            gemm = build_fast_sam(model, precision=precision, attention=attention, patch_gemm=True)
-            return graphed("compiled_patch", gemm.to(dev))
-        if i in (7, 10) and precision != "bf16":
+        if i in FP8_STEPS and precision != "bf16":
             raise RuntimeError("fp8 linear is measured in bf16 only")
-        if i == 7:
-            if dev.type != "cuda":
-                raise RuntimeError("fp8 linear needs a CUDA device")
-            _free(state, "fast", "compiled", "compiled_kernel", "compiled_patch", "hf")
-            fast8 = build_fast_sam(
-                model, precision="bf16", attention=attention, fp8_linear=True, patch_gemm=6 in steps
-            )
-            return graphed("compiled_fp8", fast8.to(dev))
-        if i in FUSED_STEPS:
-            _free(state, "fast", "compiled", "compiled_kernel", "compiled_patch", "compiled_fp8")
-            opts = FUSED_STEPS[i]
-            fused = build_fast_sam(model, precision=precision, attention="kernel", **opts).to(dev)
-            if dev.type != "cuda":  # the CPU runs it eagerly, on the kernels' torch references
-                return (lambda: fused(pv, pts)[0]), 0.0
-            t0 = time.perf_counter()
-            run = cuda_graph(lambda a, b: fused(a, b)[0], pv, pts)
-            _sync(dev)
-            return run, time.perf_counter() - t0
-        raise ValueError(f"unknown step {i}")
+        if i not in BUILDS and i != 4:
+            raise ValueError(f"unknown step {i}")
+        fused = BUILDS.get(i, {}).get("fused", False)
+        if dev.type != "cuda" and not fused:
+            raise RuntimeError(f"step {i} is a CUDA-graph step: it needs a CUDA device")
+        if i == 4:
+            return graphed(*compiled("compiled", fast_model()))
+        for key in [k for k in state if k != f"compiled_{i}"]:  # free earlier steps' models
+            state.pop(key)
+        gc.collect()
+        opts = {"patch_gemm": True, **BUILDS[i]}
+        fast = build_fast_sam(model, precision=precision, attention="kernel", **opts).to(dev)
+        if not fused:
+            return graphed(*compiled(f"compiled_{i}", fast))
+        if dev.type != "cuda":  # the CPU runs it eagerly, on the kernels' torch references
+            return (lambda: fast(pv, pts)[0]), 0.0
+        return graphed(fast)
 
     for i in steps:
         name = STEP_NAMES[i] if 0 <= i < len(STEP_NAMES) else f"step {i}"
@@ -302,26 +266,20 @@ def optimisation_steps(
             row["graph_breaks"] = _graph_breaks() - breaks0 if i >= 3 else 0
             if i == 0:
                 reference = logits
+            row["max_abs_diff"] = row["mask_agreement"] = None
             if reference is not None:
                 row["max_abs_diff"] = (logits - reference).abs().max().item()
                 row["mask_agreement"] = ((logits > 0) == (reference > 0)).float().mean().item()
-            else:
-                row["max_abs_diff"] = row["mask_agreement"] = None
             if score is not None:
                 row.update(score(logits))
-            row["math_mode"] = step_math_mode(i, precision)
+            row["math_mode"] = f"{precision} " + MATH.get(i, "HF eager" if i < 2 else "folded")
             if dev.type == "cuda":
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
             results.append(row)
         except Exception as exc:  # one failing step must not lose the others
-            results.append(
-                {
-                    "step": i,
-                    "name": name,
-                    "error": f"{type(exc).__name__}: {exc}"[:2000],
-                    "traceback": traceback.format_exc()[-4000:],
-                }
-            )
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            tb = traceback.format_exc()[-4000:]
+            results.append({"step": i, "name": name, "error": error, "traceback": tb})
         finally:
             fn = None  # drop this step's callable (a CUDA graph holds its memory pool)
             gc.collect()
