@@ -60,7 +60,11 @@ class FastOptions(pydantic.BaseModel):
         description="tanh-approximate GELU in fc1's cuBLASLt epilogue (fp8: in the quantising "
         "kernel) instead of erf GELU; on by default: on an H200, bs16, acc 0.9932 vs 0.9930 erf",
     )
-    fp8_fast_accum: bool = Field(False, description="fp8 GEMMs with fast accumulation")
+    fp8_fast_accum: bool = Field(
+        True,
+        description="fp8 GEMMs with fast accumulation (H200, bs16: 107 vs 100 img/s, acc 0.9760 "
+        "vs 0.9756)",
+    )
     fp8_linears: tuple[Literal["qkv", "fc1", "fc2"], ...] = Field(
         ("qkv", "fc1", "fc2"), description="fp8 with fused_ln: which linears run in e4m3"
     )

@@ -272,7 +272,8 @@ def optimisation_steps(
                 row["mask_agreement"] = ((logits > 0) == (reference > 0)).float().mean().item()
             if score is not None:
                 row.update(score(logits))
-            row["math_mode"] = f"{precision} " + MATH.get(i, "HF eager" if i < 2 else "folded")
+            mode = MATH.get(i, "HF eager" if i < 2 else "folded")
+            row["math_mode"] = mode if i in FP8_STEPS else f"{precision} {mode}"
             if dev.type == "cuda":
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
             results.append(row)
