@@ -61,7 +61,7 @@ def test_tanh_gelu_matches_hf_with_tanh_activation(model):
     tanh_model = sensitive_tiny_sam(0)
     for layer in tanh_model.vision_encoder.layers:
         layer.mlp.act = nn.GELU(approximate="tanh")
-    x = torch.randn(2, 64, 64, 32, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(1, 64, 64, 32, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         for i in (0, 1):
             want = _hf_layer(tanh_model.vision_encoder.layers[i], x)
@@ -75,8 +75,9 @@ def test_tanh_gelu_matches_hf_with_tanh_activation(model):
             assert 0 < _rel_err(got, exact) < 1e-2  # the approximation shows, but is small
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_fused_whole_model_matches_hf_fp32(model, batch):
+def test_fused_whole_model_matches_hf_fp32(model):
+    """Batch 1 here; batch 3 per block in test_fused_layer_matches_hf_fp32 (keeps this fast)."""
+    batch = 1
     pixel_values, points = sample_inputs(batch, seed=batch)
     with torch.no_grad():
         want = model(pixel_values=pixel_values, input_points=points, multimask_output=True)
@@ -103,10 +104,11 @@ def test_fp8_layer_close_to_hf(model, index):
     assert got8.dtype == torch.bfloat16 and torch.isfinite(got8).all()
     assert _rel_err(got16, want) < BF16_LAYER_REL_ERR
     assert _rel_err(got16, want) < _rel_err(got8, want) < FP8_LAYER_REL_ERR
-    partial = FusedVisionLayer(layer, 64, gelu="exact", fp8=("fc1",))  # fc1 alone in fp8
-    with torch.no_grad():
-        assert _rel_err(_fused([partial], x.bfloat16()), want) < FP8_LAYER_REL_ERR
-    assert set(partial.fp8_linears) == {"fc1"}
+    if index == 0:  # a subset: fc1 alone in fp8 (fc2 then runs bf16 on an erf GELU)
+        partial = FusedVisionLayer(layer, 64, gelu="exact", fp8=("fc1",))
+        with torch.no_grad():
+            assert _rel_err(_fused([partial], x.bfloat16()), want) < FP8_LAYER_REL_ERR
+        assert set(partial.fp8_linears) == {"fc1"}
 
 
 def test_fused_needs_the_kernel_attention(model):

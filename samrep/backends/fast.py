@@ -29,44 +29,28 @@ DTYPES = {
 
 
 class FastOptions(pydantic.BaseModel):
-    """The fast backend's switches. None = the default for the device and precision."""
+    """The fast backend's switches; None = the default for the device and precision. Defaults
+    are the best measured (reports/h200/NOTES.md, speed round 3)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    compile: bool | None = Field(
-        None, description="torch.compile the image encoder (default: on CUDA unless fused_ln)"
-    )
-    mode: str | None = Field(
-        None, description="torch.compile mode (default: 'reduce-overhead' on CUDA, else 'default')"
-    )
-    cuda_graph: bool | None = Field(
-        None, description="capture the uncompiled encoder in a CUDA graph (default: on CUDA)"
-    )
+    compile: bool | None = Field(None, description="torch.compile the encoder (CUDA, not fused)")
+    mode: str | None = Field(None, description="compile mode (CUDA 'reduce-overhead')")
+    cuda_graph: bool | None = Field(None, description="CUDA graph of an uncompiled encoder (CUDA)")
     attention: Literal["kernel", "folded", "masked"] | None = Field(
-        None,
-        description="'kernel' (Triton, CUDA), 'folded' (bias folded into q/k, flash SDPA) or "
-        "'masked' (bias as an SDPA mask); default 'kernel' on CUDA with Triton, else 'folded'",
+        None, description="'kernel' (Triton; CUDA default), 'folded' (flash SDPA) or 'masked'"
     )
-    fp32_residual: bool | None = Field(
-        None, description="fp32 residual stream and LayerNorms (default: on for fp16 only)"
-    )
+    fp32_residual: bool | None = Field(None, description="fp32 residual + norms (fp16 default)")
     fused_ln: bool | None = Field(
-        None,
-        description="fused blocks: residual add + LayerNorm in one Triton pass; with fp8 the "
-        "LayerNorm and GELU kernels emit e4m3 + row scales (default: on with attention "
-        "'kernel' in bf16/fp8)",
-    )
+        None, description="fused blocks: add + LayerNorm in one Triton pass, fp8 quantised by "
+        "the producers (default with attention 'kernel' in bf16/fp8)",
+    )  # fmt: skip
     gelu_epilogue: bool = Field(
-        True,
-        description="tanh-approximate GELU in fc1's cuBLASLt epilogue (fp8: in the quantising "
-        "kernel) instead of erf GELU; on by default: on an H200, bs16, acc 0.9932 vs 0.9930 erf",
-    )
-    fp8_fast_accum: bool = Field(
-        True,
-        description="fp8 GEMMs with fast accumulation (H200, bs16: 107 vs 100 img/s, acc 0.9760 "
-        "vs 0.9756)",
-    )
+        True, description="tanh GELU in fc1's cuBLASLt epilogue (fp8: in the quantising kernel) "
+        "instead of erf; acc held on the H200 (0.9932 vs 0.9930)",
+    )  # fmt: skip
+    fp8_fast_accum: bool = Field(True, description="fp8 GEMMs with fast accumulation")
     fp8_linears: tuple[Literal["qkv", "fc1", "fc2"], ...] = Field(
-        ("qkv", "fc1", "fc2"), description="fp8 with fused_ln: which linears run in e4m3"
+        ("qkv", "fc1", "fc2"), description="fused fp8: which linears run in e4m3"
     )
 
 
@@ -103,9 +87,9 @@ class FastBackend(Backend):
         super().check_available(device, precision)
         if precision == "fp8":
             if device != "cuda" or not torch.cuda.is_available():
-                raise BackendUnavailable("fp8 linear layers need a CUDA GPU (sm89+)")
-            if torch.cuda.get_device_capability() < (8, 9):
-                raise BackendUnavailable("fp8 linear layers need compute capability 8.9 or newer")
+                raise BackendUnavailable("fp8 linear layers need a CUDA GPU (sm90+)")
+            if torch.cuda.get_device_capability() < (9, 0):
+                raise BackendUnavailable("fp8 rowwise linears need compute capability 9.0+")
 
     def build(self, model, inputs) -> None:
         from samrep.fast import build_fast_sam
@@ -120,9 +104,8 @@ class FastBackend(Backend):
         self.attention = opts.attention or default_attention(self.device, self.precision)
         if self.attention == "kernel" and (not cuda or self.precision == "fp32"):
             raise BackendUnavailable("fast: attention 'kernel' needs a CUDA GPU and 16-bit inputs")
-        residual = opts.fp32_residual
-        fused = opts.fused_ln
-        if fused is None:
+        residual, fused = opts.fp32_residual, opts.fused_ln
+        if fused is None:  # fp16 keeps its fp32 residual, which the fused blocks do not have
             fused = (
                 self.attention == "kernel" and self.precision in ("bf16", "fp8") and not residual
             )
@@ -155,25 +138,16 @@ class FastBackend(Backend):
 
     def _math_mode(self, fused: bool, compiled: bool) -> str:
         """The choices that ran, e.g. 'bf16 encoder; attn kernel; fused add+ln; gelu erf'."""
-        cuda = self.device.type == "cuda"
-        parts = {
-            "fp32": ["fp32 encoder (TF32 off)" if cuda else "fp32 encoder"],
-            "fp8": [
-                f"fp8 e4m3 {'/'.join(self.opts.fp8_linears)}, rest bf16"
-                if fused
-                else "fp8 e4m3 encoder linears"
-            ],
-        }.get(self.precision, [f"{self.precision} encoder"])
-        parts.append(f"attn {self.attention}")
-        if fused:
-            parts.append("fused add+ln")
-        in_kernel = fused and self.precision == "fp8"  # fp8 fc1 has no epilogue: GELU kernel
-        tanh = "gelu tanh" + ("" if in_kernel else "-epilogue")
-        parts.append(tanh if self.opts.gelu_epilogue else "gelu erf")
-        if self.precision == "fp8":
-            parts.append("fp8 rowwise-dynamic" + (", producers quantise" if fused else ""))
-            parts.append("fast accum" if self.opts.fp8_fast_accum else "fp32 accum")
-        parts.append("compiled" if compiled else "eager")
+        o, fp8 = self.opts, self.precision == "fp8"
+        parts = [f"{self.precision} encoder" + (" (TF32 off)" if self.precision == "fp32" else "")]
+        if fp8:
+            linears = "/".join(o.fp8_linears) + ", rest bf16" if fused else "all encoder linears"
+            accum = "fast accum" if o.fp8_fast_accum else "fp32 accum"
+            quant = "producers quantise" if fused else "separate quantise"
+            parts = [f"fp8 e4m3 {linears}; rowwise-dynamic, {quant}, {accum}"]
+        parts += [f"attn {self.attention}"] + (["fused add+ln"] if fused else [])
+        tanh = "gelu tanh" + ("" if fused and fp8 else "-epilogue")  # fp8 fc1: no epilogue
+        parts += [tanh if o.gelu_epilogue else "gelu erf", "compiled" if compiled else "eager"]
         return "; ".join(parts) + "; fp32 decoder"
 
     @torch.inference_mode()

@@ -12,19 +12,14 @@ import torch.nn.functional as F
 
 
 def rel_width(window: int) -> int:
-    """The padded width of the rel_h / rel_w terms: `window` rounded up to a power of two
-    >= 16 (14 -> 16, 64 -> 64). Zero columns beyond `window` keep the rel-term GEMM aligned
-    (cuBLAS runs a slow unaligned kernel at 14) and are never read by the kernel."""
+    """The rel_h / rel_w terms' width: `window` rounded up to a power of two >= 16 (14 -> 16,
+    64 -> 64), as tl.dot needs; the kernel never reads columns beyond `window`."""
     return max(16, 1 << (window - 1).bit_length())
 
 
 def grid_tables(table: torch.Tensor, size: int) -> torch.Tensor:
-    """A window's rel-pos table (G, G, head_dim) repeated over a `size`-long grid axis.
-
-    Row y of the result is table[y % G] (the table of query row or column y's position in its
-    window), zero-padded from G to rel_width(G) key positions: (size, rel_width(G), head_dim).
-    For global attention (G == size) the table itself.
-    """
+    """A window's table (G, G, head_dim) over a `size`-long grid axis: row y is table[y % G]
+    zero-padded to rel_width(G) key positions, (size, rel_width(G), head_dim)."""
     g = table.shape[0]
     grid = table[torch.arange(size, device=table.device) % g]
     return F.pad(grid, (0, 0, 0, rel_width(g) - g))
