@@ -51,15 +51,20 @@ def bench(params: HwParams, run: RunParams, repeats: int | None = None) -> Recor
     return record
 
 
-def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
-    """Time samrep.fast's cumulative optimisation steps -> reports/<hw>/steps.json."""
-    from samrep.fast.steps import optimisation_steps
+def steps(params: HwParams, bs: int, precision: str, iters: int, only=None) -> list[dict]:
+    """Time samrep.fast's cumulative optimisation steps (`only`: these alone; fp8 steps in bf16
+    only, the first three on a CPU) -> reports/<hw>/steps.json."""
+    from samrep.fast.steps import FP8_STEPS, STEP_NAMES, optimisation_steps
 
     prepare(params, [])
     with hw_lock(params):
         ctx = RowContext.load(params)
         gt, flops = ctx.gt, sam_flops(ctx.model.config, 1, bs)
         peak = params.peaks.get(precision)
+        todo = [i for i in range(len(STEP_NAMES)) if precision == "bf16" or i not in FP8_STEPS]
+        todo = [
+            i for i in (todo if params.device == "cuda" else (0, 1, 2)) if not only or i in only
+        ]
         log(f"steps: {precision} bs{bs}, {iters} iterations per step")
 
         def score(logits):
@@ -79,7 +84,7 @@ def steps(params: HwParams, bs: int, precision: str, iters: int) -> list[dict]:
             device=params.device,
             iters=iters,
             warmup=3,
-            steps=None if params.device == "cuda" else (0, 1, 2),
+            steps=tuple(todo),
             score=score,
         )
         for r in rows:

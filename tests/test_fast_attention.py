@@ -8,8 +8,8 @@ from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSd
 
 from samrep.fast.attention import FastVisionAttention, key_position_onehot, round_up
 from samrep.fast.relpos import cache_hf_rel_pos_index_, rel_pos_tables
-from samrep.fast.testing import sample_inputs, sensitive_init_, sensitive_tiny_sam
 from samrep.model import tiny_config, vit_h_config
+from tests.fast_models import sample_inputs, sensitive_init_, sensitive_tiny_sam
 
 # fp32 attention output (|values| up to ~3.5): measured max |fast - HF| 2.3e-6 for both ViT-H
 # shapes, 1.0e-6 .. 3.6e-6 on the tiny config (folded: q*scale is rounded before the dot

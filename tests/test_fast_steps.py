@@ -1,11 +1,12 @@
-"""samrep.fast.steps on the CPU: steps 0-2 on the tiny config run and agree (timings unchecked)."""
+"""samrep.fast.steps on the CPU: steps 0-2 and 8 on the tiny config run and agree (timings
+unchecked; 8 runs eagerly on the kernels' torch references)."""
 
 from __future__ import annotations
 
 import torch
 
 from samrep.fast.steps import STEP_NAMES, _batched, optimisation_steps
-from samrep.fast.testing import sample_inputs, sensitive_tiny_sam
+from tests.fast_models import sample_inputs, sensitive_tiny_sam
 
 # fp32 low-res logits vs step 0: measured 0 (step 1: same gathered values), ~1.5e-6 (step 2)
 STEP_ATOL_FP32 = 1e-5
@@ -22,18 +23,19 @@ def test_steps_0_to_2_on_cpu():
         device="cpu",
         iters=1,
         warmup=0,
-        steps=(0, 1, 2, 4),
+        steps=(0, 1, 2, 4, 8),
         score=lambda logits: {"acc": float(logits.shape[0]), "seen": tuple(logits.shape)},
     )
-    assert [r["step"] for r in rows] == [0, 1, 2, 4]
-    assert [r["name"] for r in rows] == [STEP_NAMES[i] for i in (0, 1, 2, 4)]
-    for row in rows[:3]:
+    assert [r["step"] for r in rows] == [0, 1, 2, 4, 8]
+    assert [r["name"] for r in rows] == [STEP_NAMES[i] for i in (0, 1, 2, 4, 8)]
+    for row in rows[:3] + rows[4:5]:
         assert "error" not in row, row
         assert row["img_per_s"] > 0 and row["bs"] == 1 and row["compile_s"] == 0.0
         assert row["max_abs_diff"] <= STEP_ATOL_FP32 and row["mask_agreement"] >= 0.999
     assert rows[1]["max_abs_diff"] == 0.0
+    assert "fused add+ln" in rows[4]["math_mode"]
     # each measured step's last logits went through `score`, and its dict into the row
-    assert all(r["seen"] == (1, 1, 3, 256, 256) and r["acc"] == 1.0 for r in rows[:3])
+    assert all(r["seen"] == (1, 1, 3, 256, 256) and r["acc"] == 1.0 for r in rows[:3] + rows[4:])
     # a step that cannot run becomes an error row, not an exception
     assert "CUDA" in rows[3]["error"]
 

@@ -2,20 +2,23 @@
 
 The image encoder is `samrep.fast.build_fast_sam`'s: on CUDA with Triton, attention is one
 Triton flash kernel per layer that adds SAM's decomposed rel-pos bias itself and reads the
-unpadded token grid (no window partition); elsewhere the bias is folded into q/k so SDPA's
-flash attention runs. Rel-pos tables are gathered once; fp8 linear layers are optional. It is
-compiled with torch.compile (CUDA graphs on a GPU by default); the prompt encoder and mask
-decoder are HF's, in fp32 as in every backend.
+unpadded token grid (no window partition), and the blocks are fused (`samrep.fast.fused`:
+residual add + LayerNorm in one Triton pass; in fp8 the producers quantise), run eagerly and
+replayed from a CUDA graph; elsewhere the bias is folded into q/k so SDPA's flash attention
+runs, and the encoder is compiled with torch.compile. Options: `FastOptions`. The prompt
+encoder and mask decoder are HF's, in fp32 as in every backend.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
+import pydantic
 import torch
+from pydantic import ConfigDict, Field
 
 from samrep.backends.base import Backend, BackendUnavailable
-from samrep.fast.model import ATTENTION
 
 DTYPES = {
     "fp32": torch.float32,
@@ -23,15 +26,32 @@ DTYPES = {
     "bf16": torch.bfloat16,
     "fp8": torch.bfloat16,
 }
-OPTIONS = {
-    "compile": "torch.compile the image encoder (default: true on CUDA, false on the CPU)",
-    "mode": "torch.compile mode (default: 'reduce-overhead', i.e. CUDA graphs, on CUDA; 'default' on the CPU)",
-    "attention": "'kernel' (Triton, CUDA only), 'folded' (bias folded into q/k, flash SDPA) or "
-    "'masked' (bias as an SDPA mask, as transformers); default: 'kernel' on CUDA with Triton, "
-    "else 'folded'",
-    "fp32_residual": "keep the encoder's residual stream and LayerNorms in fp32 (default: true "
-    "for fp16, false otherwise)",
-}
+
+
+class FastOptions(pydantic.BaseModel):
+    """The fast backend's switches; None = the default for the device and precision. Defaults
+    are the best measured (reports/h200/NOTES.md, speed round 3)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    compile: bool | None = Field(None, description="torch.compile the encoder (CUDA, not fused)")
+    mode: str | None = Field(None, description="compile mode (CUDA 'reduce-overhead')")
+    cuda_graph: bool | None = Field(None, description="CUDA graph of an uncompiled encoder (CUDA)")
+    attention: Literal["kernel", "folded", "masked"] | None = Field(
+        None, description="'kernel' (Triton; CUDA default), 'folded' (flash SDPA) or 'masked'"
+    )
+    fp32_residual: bool | None = Field(None, description="fp32 residual + norms (fp16 default)")
+    fused_ln: bool | None = Field(
+        None, description="fused blocks: add + LayerNorm in one Triton pass, fp8 quantised by "
+        "the producers (default with attention 'kernel' in bf16/fp8)",
+    )  # fmt: skip
+    gelu_epilogue: bool = Field(
+        True, description="tanh GELU in fc1's cuBLASLt epilogue (fp8: in the quantising kernel) "
+        "instead of erf; acc held on the H200 (0.9932 vs 0.9930)",
+    )  # fmt: skip
+    fp8_fast_accum: bool = Field(True, description="fp8 GEMMs with fast accumulation")
+    fp8_linears: tuple[Literal["qkv", "fc1", "fc2"], ...] = Field(
+        ("qkv", "fc1", "fc2"), description="fused fp8: which linears run in e4m3"
+    )
 
 
 def default_attention(device: torch.device, precision: str) -> str:
@@ -56,61 +76,79 @@ def decoder_copy(model):
 class FastBackend(Backend):
     name = "fast"
     precisions = ("fp32", "fp16", "bf16", "fp8")
+    Options = FastOptions
 
     def __init__(self, device, precision, options, workdir, bs=1):
         super().__init__(device, precision, options, workdir, bs)
-        unknown = sorted(set(self.options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"fast: unknown option '{unknown[0]}' (known: {sorted(OPTIONS)})")
+        self.opts = FastOptions.model_validate(self.options)
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
         super().check_available(device, precision)
         if precision == "fp8":
             if device != "cuda" or not torch.cuda.is_available():
-                raise BackendUnavailable("fp8 linear layers need a CUDA GPU (sm89+)")
-            if torch.cuda.get_device_capability() < (8, 9):
-                raise BackendUnavailable("fp8 linear layers need compute capability 8.9 or newer")
+                raise BackendUnavailable("fp8 linear layers need a CUDA GPU (sm90+)")
+            if torch.cuda.get_device_capability() < (9, 0):
+                raise BackendUnavailable("fp8 rowwise linears need compute capability 9.0+")
 
     def build(self, model, inputs) -> None:
         from samrep.fast import build_fast_sam
+        from samrep.fast.steps import cuda_graph
 
-        cuda = self.device.type == "cuda"
+        cuda, opts, fp8 = self.device.type == "cuda", self.opts, self.precision == "fp8"
         if cuda:  # fp32 means fp32: TF32 off, as in the torch backend
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         self.dtype = DTYPES[self.precision]
         source = copy.deepcopy(model) if self.precision == "fp32" else model  # fp32 shares weights
-        default = default_attention(self.device, self.precision)
-        self.attention = self.options.get("attention", default)
-        if self.attention not in ATTENTION:
-            raise ValueError(f"fast: option attention must be one of {ATTENTION}")
+        self.attention = opts.attention or default_attention(self.device, self.precision)
         if self.attention == "kernel" and (not cuda or self.precision == "fp32"):
             raise BackendUnavailable("fast: attention 'kernel' needs a CUDA GPU and 16-bit inputs")
-        residual = self.options.get("fp32_residual")
+        residual, fused = opts.fp32_residual, opts.fused_ln
+        if fused is None:  # fp16 keeps its fp32 residual, which the fused blocks do not have
+            fused = (
+                self.attention == "kernel" and self.precision in ("bf16", "fp8") and not residual
+            )
         fast = build_fast_sam(
             source,
-            precision="bf16" if self.precision == "fp8" else self.precision,
+            precision="bf16" if fp8 else self.precision,
             attention=self.attention,
-            fp8_linear=self.precision == "fp8",
-            fp32_residual=None if residual is None else bool(residual),
+            fp8_linear=opts.fp8_linears if fp8 and fused else fp8,
+            fp32_residual=residual,
+            gelu="tanh" if opts.gelu_epilogue else "exact",
+            fused=fused,
+            fp8_fast_accum=opts.fp8_fast_accum,
         )
         self.encoder = fast.vision_encoder.to(self.device)
         self.decoder = decoder_copy(model).to(self.device).eval()
-        if self.options.get("compile", cuda):
-            mode = self.options.get("mode", "reduce-overhead" if cuda else "default")
-            self.encoder = torch.compile(self.encoder, mode=mode, dynamic=False)
-        self.math_mode = {
-            "fp32": "fp32 (TF32 off)" if cuda else "fp32",
-            "fp8": "fp8 e4m3 encoder linears, bf16 elsewhere; fp32 decoder",
-        }.get(self.precision, f"{self.precision} image encoder, fp32 prompt encoder + mask decoder")
-        self.math_mode += f"; attention: {self.attention}"
-        # Compile and capture now, at the row's batch size, so build time holds it.
+        compiled = opts.compile if opts.compile is not None else cuda and not fused
         bs = self.bs
         pv = inputs.pixel_values.expand(bs, -1, -1, -1).contiguous().to(self.device)
         pts = inputs.input_points.expand(bs, -1, -1, -1).contiguous().to(self.device)
+        if compiled:
+            mode = opts.mode or ("reduce-overhead" if cuda else "default")
+            self.encoder = torch.compile(self.encoder, mode=mode, dynamic=False)
+        elif cuda and opts.cuda_graph is not False:
+            with torch.inference_mode():
+                self.encoder = GraphedEncoder(self.encoder, cuda_graph, pv.to(self.dtype))
+        self.math_mode = self._math_mode(fused, compiled)
+        # Compile and capture now, at the row's batch size, so build time holds it.
         for _ in range(2):
             self.run(pv, pts)
+
+    def _math_mode(self, fused: bool, compiled: bool) -> str:
+        """The choices that ran, e.g. 'bf16 encoder; attn kernel; fused add+ln; gelu erf'."""
+        o, fp8 = self.opts, self.precision == "fp8"
+        parts = [f"{self.precision} encoder" + (" (TF32 off)" if self.precision == "fp32" else "")]
+        if fp8:
+            linears = "/".join(o.fp8_linears) + ", rest bf16" if fused else "all encoder linears"
+            accum = "fast accum" if o.fp8_fast_accum else "fp32 accum"
+            quant = "producers quantise" if fused else "separate quantise"
+            parts = [f"fp8 e4m3 {linears}; rowwise-dynamic, {quant}, {accum}"]
+        parts += [f"attn {self.attention}"] + (["fused add+ln"] if fused else [])
+        tanh = "gelu tanh" + ("" if fused and fp8 else "-epilogue")  # fp8 fc1: no epilogue
+        parts += [tanh if o.gelu_epilogue else "gelu erf", "compiled" if compiled else "eager"]
+        return "; ".join(parts) + "; fp32 decoder"
 
     @torch.inference_mode()
     def run(self, pixel_values, input_points):
@@ -124,3 +162,16 @@ class FastBackend(Backend):
         import transformers
 
         return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+class GraphedEncoder:
+    """The encoder replayed from a CUDA graph captured at one input shape (others: eager)."""
+
+    def __init__(self, encoder, cuda_graph, example: torch.Tensor):
+        self.encoder, self.shape = encoder, example.shape
+        self.replay = cuda_graph(encoder, example)
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.shape != self.shape:
+            return self.encoder(pixel_values)
+        return self.replay(pixel_values)

@@ -1,4 +1,4 @@
-"""SAM vision attention with the decomposed rel-pos bias folded into the dot product.
+"""SAM vision attention: the rel-pos bias folded into the dot product, or the Triton kernel.
 
 SAM adds to every attention logit a decomposed relative-position bias (MViTv2):
 
@@ -6,17 +6,15 @@ SAM adds to every attention logit a decomposed relative-position bias (MViTv2):
     rel_h[i, r] = q_i . R_h[row(i), r]         (unscaled q; R_h the gathered table)
     rel_w[i, c] = q_i . R_w[col(i), c]
 
-transformers materializes the (B, heads, N, N) bias and passes it to SDPA as an additive mask,
-which rules out flash attention (and costs 512 MiB per image per global block in bf16). The
-same logits are one dot product of longer vectors:
+transformers materialises the (B, heads, N, N) bias as an SDPA mask (no flash attention;
+512 MiB per image per global block in bf16). The same logits are one dot product of:
 
     q'_i = [scale * q_i, rel_h[i, :], rel_w[i, :], 0...]
     k'_j = [k_j, onehot(row(j)), onehot(col(j)), 0...]
 
-so `scaled_dot_product_attention(q', k', v, scale=1)` with no mask gives the same attention,
-and flash attention can run it. For ViT-H: global blocks 80 + 64 + 64 = 208 dims, windowed
-blocks 80 + 14 + 14 = 108 -> 112 (zero-padded to a multiple of 8, which flash needs; the zeros
-add nothing to the dot product).
+so flash SDPA(q', k', v, scale=1) without a mask gives the same attention (`FastVisionAttention`;
+ViT-H: 80 + 64 + 64 = 208 dims global, 80 + 14 + 14 -> 112 windowed, a multiple of 8).
+`GridVisionAttention` instead runs `samrep.fast.triton_attention`'s kernel on the grid.
 """
 
 from __future__ import annotations
@@ -27,7 +25,8 @@ from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionAttention
 
 from samrep.fast.relpos import rel_pos_tables
-from samrep.fast.triton_attention import grid_tables, rel_terms, relpos_attention, split_head_dim
+from samrep.fast.triton_attention import grid_tables, relpos_attention, split_head_dim
+from samrep.fast.triton_relpos import rel_terms
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -36,11 +35,8 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def key_position_onehot(grid: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """The rel-pos part of the folded keys for a `grid` x `grid` token grid (row-major tokens).
-
-    Returns (grid*grid, width): columns [0, grid) one-hot of the key's row, [grid, 2*grid)
-    one-hot of its column, the rest zeros (padding to `width` >= 2*grid).
-    """
+    """The folded keys' rel-pos part, (grid*grid, width): one-hot of the key's row in columns
+    [0, grid), of its column in [grid, 2*grid), zeros beyond (row-major tokens)."""
     tokens = torch.arange(grid * grid)
     onehot = torch.zeros(grid * grid, width, dtype=dtype)
     onehot[tokens, tokens // grid] = 1
@@ -48,30 +44,39 @@ def key_position_onehot(grid: int, width: int, dtype: torch.dtype) -> torch.Tens
     return onehot
 
 
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> ((B * windows, window, window, C), padded (H, W)), zero-padded as
+    SAM's (after the norm, not masked later)."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (-h) % window, (-w) % window
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of `window_partition`: (B * windows, window, window, C) -> (B, H, W, C)."""
+    (hp, wp), (h, w) = padded, size
+    b = windows.shape[0] // ((hp // window) * (wp // window))
+    x = windows.reshape(b, hp // window, wp // window, window, window, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, :h, :w, :]
+
+
 class FastVisionAttention(nn.Module):
-    """SAM vision attention (same weights, same math) for one fixed `grid` x `grid` token grid.
+    """SAM vision attention (same weights and math) on one `grid` x `grid` token grid; shares
+    the HF module's qkv and proj, its rel-pos tables gathered once into buffers.
 
-    Built from a transformers `SamVisionAttention` (either attention implementation); shares its
-    `qkv` and `proj` modules and snapshots its rel-pos tables, gathered once for `grid`, as
-    buffers (they follow `.to(device/dtype)`; no per-call index building or host copy).
-
-    fold_rel_pos: True: the bias is folded into q/k (see the module docstring) and SDPA runs
-        without a mask, so flash attention is eligible on CUDA. False: the bias is materialized
-        and passed as a mask, as transformers does (a reference and an ablation).
-    pad_value: pad v with zeros to the folded head dim and slice the output back. torch's flash
-        kernel (2.11 - 2.13, `check_head_dim_size_flash`) requires q, k and v to have the same
-        head dim, else SDPA falls back to memory-efficient attention; the zero columns of v only
-        produce zero output columns, which are dropped, so either choice is exact.
+    fold_rel_pos: True: the bias folded into q/k (module docstring), SDPA without a mask
+        (flash-eligible); False: the bias as a mask, as transformers does.
+    pad_value: pad v to the folded head dim (torch's flash kernel needs q, k, v of one head
+        dim, else SDPA falls back to memory-efficient attention); exact either way.
     """
 
-    def __init__(
-        self,
-        attn: SamVisionAttention,
-        grid: int,
-        *,
-        fold_rel_pos: bool = True,
-        pad_value: bool = True,
-    ):
+    def __init__(self, attn: SamVisionAttention, grid: int, *, fold_rel_pos=True, pad_value=True):
         super().__init__()
         self.qkv = attn.qkv
         self.proj = attn.proj
@@ -94,14 +99,8 @@ class FastVisionAttention(nn.Module):
             ).to(attn.rel_pos_h.device)
             self.register_buffer("key_extra", extra, persistent=False)
 
-    def extra_repr(self) -> str:
-        return (
-            f"heads={self.num_heads}, head_dim={self.head_dim}, grid={self.grid}, "
-            f"fold_rel_pos={self.fold_rel_pos}, qk_dim={self.qk_dim}, pad_value={self.pad_value}"
-        )
-
     def _rel_terms(self, q: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, ...]:
-        """rel_h (B, heads, N, grid) and rel_w (B, heads, N, grid) from q (B, heads, N, head_dim)."""
+        """rel_h, rel_w (B, heads, N, grid) from q (B, heads, N, head_dim)."""
         b, h, n, c = q.shape
         q_grid = q.reshape(b, h, height, width, c)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, self.table_h)
@@ -143,16 +142,11 @@ class FastVisionAttention(nn.Module):
 
 
 class GridVisionAttention(nn.Module):
-    """SAM vision attention (same weights, same math) over the whole unpadded token grid.
-
-    (B, S, S, hidden) -> (B, S, S, hidden) for windowed (`window` < S) and global attention
-    alike, with no window partition: qkv runs on the S x S tokens only, and the
-    `samrep::relpos_attention` op (a Triton kernel on CUDA, `samrep.fast.triton_attention`)
-    treats the window padding as qkv(0) tokens, adds the decomposed rel-pos bias from the
-    (B, heads, S*S, window) rel_h / rel_w terms and writes the un-partitioned output that
-    `proj` reads. Shares `qkv` and `proj` with the HF module; rel-pos tables are buffers,
-    gathered once per grid row (`grid_tables`).
-    """
+    """SAM vision attention (same weights and math) on the whole unpadded token grid, windowed
+    (`window` < S) or global: (B, S, S, hidden) -> (B, S, S, hidden), no window partition.
+    qkv runs on the S x S tokens only; `samrep::rel_terms` and `samrep::relpos_attention`
+    (Triton on CUDA) take the window padding as qkv(0) tokens and add the rel-pos bias.
+    Shares qkv and proj with the HF module; rel-pos tables gathered once per grid row."""
 
     def __init__(self, attn: SamVisionAttention, size: int, window: int):
         super().__init__()
@@ -175,28 +169,16 @@ class GridVisionAttention(nn.Module):
         bias = None if attn.qkv.bias is not None else zeros
         self.register_buffer("zero_bias", bias, persistent=False)
 
-    def extra_repr(self) -> str:
-        return (
-            f"heads={self.num_heads}, head_dim={self.head_dim}, size={self.size}, "
-            f"window={self.window}"
-        )
-
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         b, height, width, channels = hidden_states.shape
         if height != self.size or width != self.size:
             raise ValueError(
                 f"attention built for a {self.size}x{self.size} grid, got {height}x{width}"
             )
-        qkv = self.qkv(hidden_states)  # (B, S, S, 3 * hidden)
-        q = qkv.unflatten(-1, (3, self.num_heads, self.head_dim))[..., 0, :, :]
-        rel_h, rel_w = rel_terms(q, self.grid_h, self.grid_w)
-        out = relpos_attention(
-            qkv,
-            self.qkv.bias if self.zero_bias is None else self.zero_bias,
-            rel_h,
-            rel_w,
-            self.num_heads,
-            self.window,
-            self.scale,
-        )
-        return self.proj(out)
+        return self.proj(self.attend(self.qkv(hidden_states)))
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(B, S, S, 3 * hidden) qkv projection -> (B, S, S, hidden) attention before proj."""
+        rel_h, rel_w = rel_terms(qkv, self.grid_h, self.grid_w, self.num_heads)
+        bias = self.qkv.bias if self.zero_bias is None else self.zero_bias
+        return relpos_attention(qkv, bias, rel_h, rel_w, self.num_heads, self.window, self.scale)

@@ -1,13 +1,7 @@
-"""Decomposed relative-position tables of SAM's vision attention, without per-call host work.
-
-transformers' `SamVisionAttention.get_rel_pos` builds its gather index with `torch.arange` on
-the CPU on every call and indexes the (device) table with it: a host-to-device copy in every
-attention layer of every forward. Two remedies live here:
-
-* `rel_pos_tables`: gather the tables once (the fast model keeps them as buffers).
-* `cache_hf_rel_pos_index_`: patch an HF model in place so its `get_rel_pos` gathers with an
-  index built once per (size, device) on the table's device (step 1 of `steps.py`).
-"""
+"""SAM's rel-pos tables without per-call host work: HF's `get_rel_pos` builds its index with
+a CPU `torch.arange` in every layer of every forward (a host-to-device copy). `rel_pos_tables`
+gathers them once; `cache_hf_rel_pos_index_` patches an HF model to cache the index on the
+table's device (step 1 of `steps.py`)."""
 
 from __future__ import annotations
 
@@ -18,13 +12,8 @@ from transformers.models.sam.modeling_sam import SamVisionAttention
 
 
 def rel_pos_tables(attn: SamVisionAttention, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gathered rel-pos tables of `attn` for a `size` x `size` token grid.
-
-    Returns (table_h, table_w), each (size, size, head_dim) in the dtype and on the device of
-    `attn.rel_pos_h`: table_h[i, j] is the embedding of the row offset i - j (query row i, key
-    row j), as HF's `get_rel_pos(size, size, rel_pos_h)` returns it (computed by HF itself, so
-    the resize it does for tables of another length is kept).
-    """
+    """(table_h, table_w), each (size, size, head_dim) like `attn.rel_pos_h`: table_h[i, j]
+    embeds the row offset i - j, computed by HF's own `get_rel_pos` (its resize kept)."""
     with torch.no_grad():
         table_h = SamVisionAttention.get_rel_pos(attn, size, size, attn.rel_pos_h)
         table_w = SamVisionAttention.get_rel_pos(attn, size, size, attn.rel_pos_w)

@@ -1,20 +1,24 @@
 """Measure the optimisation steps of `samrep.fast` one on top of the other, on one device.
 
-Steps (cumulative):
-  0 HF eager (the model's attention implementation, SDPA by default) in the precision
+  0 HF eager (its attention implementation, SDPA by default) in the precision
   1 + rel-pos gather index cached on the device (no CPU arange + host copy per layer)
   2 + FastSam: folded rel-pos flash attention, rel-pos tables and image PE precomputed
   3 + torch.compile (default mode)
-  4 + CUDA graph: the step-3 compiled module captured on a static batch with
-      torch.cuda.CUDAGraph (no second compile); replay = copy inputs in + replay
-  5 + the Triton rel-pos attention kernel (`samrep.fast.triton_attention`): no window
-      partition, qkv on the unpadded grid, bias added in the kernel; compiled + CUDA graph
-  6 + the patch-embedding conv as one GEMM over unfolded patches (`PatchEmbedGemm`)
-  7 + fp8 e4m3 linear layers in the image encoder (bf16 only), compiled + CUDA graph
+  4 + CUDA graph of the step-3 module (no second compile); replay = copy inputs + replay
+  5 + the Triton rel-pos attention kernel (no window partition, qkv on the unpadded grid) and
+      the Triton rel-pos terms kernel; compiled + CUDA graph, as are 6 and 7
+  6 + the patch-embedding conv as one GEMM (`PatchEmbedGemm`)
+  7 + fp8 e4m3 linears, each input quantised in a separate pass (bf16 only)
+  8 step 6 with fused blocks (`samrep.fast.fused`): residual add + LayerNorm in one Triton
+    pass; eager (every hot op is a hand-written kernel or cuBLAS) + CUDA graph, as are 9-11
+  9 + GELU in fc1's cuBLASLt epilogue (tanh approximation)
+ 10 + fp8 qkv/fc1/fc2 quantised by their producers (the norms and a bias + tanh-GELU kernel
+    emit e4m3 + per-row dynamic scales); proj bf16 (bf16 only)
+ 11 + fp8 GEMMs with fast accumulation (bf16 only)
 
-Timing: per iteration, core = synchronize, forward, synchronize (time.perf_counter);
-img/s = bs * iters / sum(core). Every step's low-res mask logits are compared with step 0's.
-A failing step becomes {"step": i, "name": ..., "error": "..."} and the next step still runs.
+Timing: core = synchronize, forward, synchronize (perf_counter) per iteration; img/s = bs *
+iters / sum(core). Logits are compared with step 0's. A failing step becomes {"step",
+"name", "error", "traceback"} and the next step still runs.
 """
 
 from __future__ import annotations
@@ -39,7 +43,31 @@ STEP_NAMES = (
     "+ triton rel-pos attention kernel",
     "+ patch embedding as a gemm",
     "+ fp8 linear",
+    "6 + fused add+layernorm (eager + cuda graph)",
+    "+ gelu in the fc1 epilogue (tanh)",
+    "+ fp8 quantised by the producers",
+    "+ fp8 fast accumulation",
 )
+FP8_STEPS = (7, 10, 11)
+# build_fast_sam options of steps 5-11 (attention "kernel"; steps 8-11 are not compiled)
+BUILDS = {
+    5: dict(patch_gemm=False),
+    6: dict(),
+    7: dict(fp8_linear=True),
+    8: dict(fused=True),
+    9: dict(fused=True, gelu="tanh"),
+    10: dict(fused=True, gelu="tanh", fp8_linear=True),
+    11: dict(fused=True, gelu="tanh", fp8_linear=True, fp8_fast_accum=True),
+}
+MATH = {
+    5: "attn kernel; patch conv",
+    6: "attn kernel; patch gemm",
+    7: "fp8 e4m3 qkv/proj/fc1/fc2, rowwise-dynamic, separate quantise",
+    8: "attn kernel; patch gemm; fused add+ln; gelu erf",
+    9: "attn kernel; patch gemm; fused add+ln; gelu tanh-epilogue",
+    10: "fp8 e4m3 qkv/fc1/fc2 rowwise-dynamic, producers quantise; proj bf16; gelu tanh",
+    11: "fp8 e4m3 qkv/fc1/fc2 rowwise-dynamic, producers quantise, fast accum; gelu tanh",
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -64,8 +92,10 @@ def _graph_breaks() -> int:
         return -1
 
 
-def _cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """Capture `fn(*static_inputs)` in a CUDA graph; returns run() = copy inputs in + replay."""
+def cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """Capture `fn(*static_inputs)` in a CUDA graph. Returns run(*args): copy args (default:
+    `inputs`) into the static inputs, replay, return the static output (overwritten by the
+    next replay)."""
     static = [x.clone() for x in inputs]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -77,8 +107,8 @@ def _cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[[], torch.Tenso
     with torch.cuda.graph(graph):
         out = fn(*static)
 
-    def run() -> torch.Tensor:
-        for dst, src in zip(static, inputs, strict=True):
+    def run(*args: torch.Tensor) -> torch.Tensor:
+        for dst, src in zip(static, args or inputs, strict=True):
             dst.copy_(src)
         graph.replay()
         return out
@@ -87,43 +117,7 @@ def _cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[[], torch.Tenso
     return run
 
 
-def flash_attention_eligible(
-    fast: torch.nn.Module, device: torch.device, dtype: torch.dtype
-) -> dict[int, bool]:
-    """For each folded head dim in `fast` (112 and 208 for ViT-H): can SDPA run it with the
-    flash backend alone on `device`? (A False explains a slow step 2.) Empty off CUDA."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from samrep.fast.attention import FastVisionAttention
-
-    result: dict[int, bool] = {}
-    if device.type != "cuda":
-        return result
-    for module in fast.modules():
-        if isinstance(module, FastVisionAttention) and module.qk_dim not in result:
-            q = torch.zeros(1, module.num_heads, 256, module.qk_dim, device=device, dtype=dtype)
-            v = q if module.pad_value else q[..., : module.head_dim].contiguous()
-            try:
-                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-                    torch.nn.functional.scaled_dot_product_attention(q, q, v, scale=1.0)
-                result[module.qk_dim] = True
-            except RuntimeError:
-                result[module.qk_dim] = False
-    return result
-
-
-def _free(state: dict, *keys: str) -> None:
-    """Drop earlier steps' models and compiled callables (and their CUDA memory)."""
-    for key in keys:
-        state.pop(key, None)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _measure(
-    fn: Callable[[], torch.Tensor], device: torch.device, bs: int, iters: int, warmup: int
-) -> dict:
+def _measure(fn: Callable[[], torch.Tensor], device, bs: int, iters: int, warmup: int) -> dict:
     """First call (timed: includes any compile), warm-up, then `iters` timed calls."""
     _sync(device)
     t0 = time.perf_counter()
@@ -161,7 +155,7 @@ def optimisation_steps(
     device: str,
     iters: int,
     warmup: int,
-    steps: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7),
+    steps: Sequence[int] = tuple(range(len(STEP_NAMES))),
     score: Callable[[torch.Tensor], dict] | None = None,
 ) -> list[dict]:
     """Measure the cumulative optimisation steps (module docstring) and return one dict each.
@@ -169,15 +163,13 @@ def optimisation_steps(
     model: HF SamModel (any device/dtype; never modified: each step works on a copy).
     pixel_values (N, 3, 1024, 1024), input_points (N, 1, 1, 2) pixel coords: sliced or tiled
         to batch `bs`.
-    precision: "fp32" | "fp16" | "bf16"; device e.g. "cuda" (steps 4 and 5 need CUDA; on the
-        CPU run steps (0, 1, 2) only; step 5's kernel needs CUDA and Triton). steps: which steps to run (later ones build what they
-        need from earlier ones themselves).
+    precision: "fp32" | "fp16" | "bf16"; device e.g. "cuda" (steps 4-7 need CUDA; 8-11 run
+        eagerly on the CPU). steps: which to run (each builds what it needs itself).
     Each dict: step (int), name, img_per_s, ms_per_iter_mean, ms_per_iter_min,
     max_abs_diff (low-res logits vs step 0; None without step 0), mask_agreement (fraction
     of logits with the same sign as step 0), compile_s (seconds this step added: compile
-    and/or graph capture; 0 for eager), first_call_s, peak_mem_gib (CUDA), flash_eligible
-    (step 2 on CUDA: {folded head dim: the flash backend accepts it}), graph_breaks
-    (compiled steps), bs, precision; or {"step", "name", "error", "traceback"}.
+    and/or graph capture; 0 for eager), first_call_s, peak_mem_gib (CUDA), graph_breaks
+    (compiled steps), bs, precision, math_mode; or {"step", "name", "error", "traceback"}.
     score: called with each step's last low-res logits (bs, 1, 3, 256, 256) float; the dict it
         returns (e.g. acc and IoU against the ground truth) is merged into the step's row.
     """
@@ -189,7 +181,6 @@ def optimisation_steps(
     pts = _batched(input_points, bs).to(dev, torch.float32)
     state: dict[str, object] = {}
     results: list[dict] = []
-    attention = "kernel" if 5 in steps else "folded"
     reference: torch.Tensor | None = None
 
     def hf_model():
@@ -219,21 +210,19 @@ def optimisation_steps(
         state[key] = fn
         return fn, time.perf_counter() - t0
 
-    def graphed(key: str, module: torch.nn.Module) -> tuple[Callable, float]:
-        """The compiled module captured in a CUDA graph; seconds = compile (if new) + capture."""
-        fn, compile_s = compiled(key, module)
+    def graphed(fn: Callable, compile_s: float = 0.0) -> tuple[Callable, float]:
+        """fn(pv, pts) captured in a CUDA graph; seconds = compile_s + capture."""
         t0 = time.perf_counter()
-        run = _cuda_graph(lambda a, b: fn(a, b)[0], pv, pts)
+        run = cuda_graph(lambda a, b: fn(a, b)[0], pv, pts)
         _sync(dev)
         return run, compile_s + time.perf_counter() - t0
 
     def step_fn(i: int) -> tuple[Callable, float]:
         """(forward returning low-res logits, compile seconds) for step i."""
-        if i == 0:
-            return hf_fn(hf_model()), 0.0
-        if i == 1:
+        if i in (0, 1):
             hf = hf_model()
-            cache_hf_rel_pos_index_(hf)
+            if i == 1:
+                cache_hf_rel_pos_index_(hf)
             return hf_fn(hf), 0.0
         if i == 2:
             fast = fast_model()
@@ -241,35 +230,25 @@ def optimisation_steps(
         if i == 3:
             fn, compile_s = compiled("compiled", fast_model())
             return (lambda: fn(pv, pts)[0]), compile_s
+        if i in FP8_STEPS and precision != "bf16":
+            raise RuntimeError("fp8 linear is measured in bf16 only")
+        if i not in BUILDS and i != 4:
+            raise ValueError(f"unknown step {i}")
+        fused = BUILDS.get(i, {}).get("fused", False)
+        if dev.type != "cuda" and not fused:
+            raise RuntimeError(f"step {i} is a CUDA-graph step: it needs a CUDA device")
         if i == 4:
-            if dev.type != "cuda":
-                raise RuntimeError("CUDA graphs need a CUDA device")
-            return graphed("compiled", fast_model())
-        if i == 5:
-            if dev.type != "cuda":
-                raise RuntimeError("the Triton attention kernel needs a CUDA device")
-            _free(state, "fast", "compiled", "hf")
-            kernel = build_fast_sam(
-                model, precision=precision, attention="kernel", patch_gemm=False
-            )
-            return graphed("compiled_kernel", kernel.to(dev))
-        if i == 6:
-            if dev.type != "cuda":
-                raise RuntimeError("steps 4-7 are CUDA-graph steps: they need a CUDA device")
-            _free(state, "fast", "compiled", "compiled_kernel", "hf")
-            gemm = build_fast_sam(model, precision=precision, attention=attention, patch_gemm=True)
-            return graphed("compiled_patch", gemm.to(dev))
-        if i == 7:
-            if precision != "bf16":
-                raise RuntimeError("fp8 linear is measured in bf16 only")
-            if dev.type != "cuda":
-                raise RuntimeError("fp8 linear needs a CUDA device")
-            _free(state, "fast", "compiled", "compiled_kernel", "compiled_patch", "hf")
-            fast8 = build_fast_sam(
-                model, precision="bf16", attention=attention, fp8_linear=True, patch_gemm=6 in steps
-            )
-            return graphed("compiled_fp8", fast8.to(dev))
-        raise ValueError(f"unknown step {i}")
+            return graphed(*compiled("compiled", fast_model()))
+        for key in [k for k in state if k != f"compiled_{i}"]:  # free earlier steps' models
+            state.pop(key)
+        gc.collect()
+        opts = {"patch_gemm": True, **BUILDS[i]}
+        fast = build_fast_sam(model, precision=precision, attention="kernel", **opts).to(dev)
+        if not fused:
+            return graphed(*compiled(f"compiled_{i}", fast))
+        if dev.type != "cuda":  # the CPU runs it eagerly, on the kernels' torch references
+            return (lambda: fast(pv, pts)[0]), 0.0
+        return graphed(fast)
 
     for i in steps:
         name = STEP_NAMES[i] if 0 <= i < len(STEP_NAMES) else f"step {i}"
@@ -287,27 +266,21 @@ def optimisation_steps(
             row["graph_breaks"] = _graph_breaks() - breaks0 if i >= 3 else 0
             if i == 0:
                 reference = logits
+            row["max_abs_diff"] = row["mask_agreement"] = None
             if reference is not None:
                 row["max_abs_diff"] = (logits - reference).abs().max().item()
                 row["mask_agreement"] = ((logits > 0) == (reference > 0)).float().mean().item()
-            else:
-                row["max_abs_diff"] = row["mask_agreement"] = None
             if score is not None:
                 row.update(score(logits))
+            mode = MATH.get(i, "HF eager" if i < 2 else "folded")
+            row["math_mode"] = mode if i in FP8_STEPS else f"{precision} {mode}"
             if dev.type == "cuda":
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-                if i == 2:
-                    row["flash_eligible"] = flash_attention_eligible(fast_model(), dev, dtype)
             results.append(row)
         except Exception as exc:  # one failing step must not lose the others
-            results.append(
-                {
-                    "step": i,
-                    "name": name,
-                    "error": f"{type(exc).__name__}: {exc}"[:2000],
-                    "traceback": traceback.format_exc()[-4000:],
-                }
-            )
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            tb = traceback.format_exc()[-4000:]
+            results.append({"step": i, "name": name, "error": error, "traceback": tb})
         finally:
             fn = None  # drop this step's callable (a CUDA graph holds its memory pool)
             gc.collect()

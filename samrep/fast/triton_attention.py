@@ -1,32 +1,25 @@
 """SAM's windowed and global vision attention as one Triton flash-attention kernel.
 
-The folded path (`samrep.fast.attention`) makes SAM's attention flash-eligible by lengthening
-q and k (80 -> 112 dims in windowed blocks, 80 -> 208 in global ones) and padding v to the
-same length, and it needs the window partition, the padded qkv GEMM and the concatenations
-around it as separate memory-bound kernels. This kernel instead:
+Unlike the folded path (`samrep.fast.attention`: window partition, q/k lengthened to 112 or
+208 dims, padded qkv GEMM and concatenations), this kernel:
 
-* reads q, k and v straight from the qkv projection of the *unpadded* (B, 64, 64) token grid
-  (no window partition copy, and the qkv GEMM skips the 64 -> 70 window padding). A key that
-  falls in a window's zero padding is qkv(0) = the qkv bias, exactly what SAM attends to;
-* adds the decomposed rel-pos bias inside the kernel, logit[i, j] = scale * q_i . k_j +
-  rel_h[i, row(j)] + rel_w[i, col(j)], gathering the (N, window) rel_h/rel_w terms instead of
-  materialising an (N, N) bias or lengthening the vectors, so q.k and p.v stay 80-dim;
-* writes the output straight into the (B, 64, 64, heads, head_dim) layout that `proj` reads
-  (queries in the padding are never computed or written: SAM crops them).
+* reads q, k, v straight from the qkv projection of the *unpadded* (B, 64, 64) grid (a key in
+  a window's zero padding is qkv(0) = the qkv bias, what SAM attends to);
+* adds the decomposed rel-pos bias in the kernel, logit[i, j] = scale * q_i . k_j +
+  rel_h[i, row(j)] + rel_w[i, col(j)], from the (N, window) rel_h / rel_w terms
+  (`triton_relpos`), so q.k and p.v stay 80-dim;
+* writes (B, 64, 64, heads, head_dim), the layout proj reads (padding queries are skipped).
 
-Softmax is the usual online (flash) softmax in fp32; q.k, p.v accumulate in fp32 on tensor
-cores from fp16/bf16 inputs. head_dim must be a power of two >= 16 or the sum of two (ViT-H:
-80 = 64 + 16), so every tl.dot has power-of-two shapes.
-
-`windowed_attention` runs the kernel; `reference_attention` is the same computation in plain
-torch (window partition, materialised bias, softmax), the oracle for tests. On a CPU the
-kernel runs only under Triton's interpreter (TRITON_INTERPRET=1, set before import).
+Online softmax in fp32; dots accumulate in fp32 from fp16/bf16. head_dim must be a power of
+two >= 16 or the sum of two (80 = 64 + 16). On a CPU the kernel runs only under Triton's
+interpreter (TRITON_INTERPRET=1); `reference.reference_attention` is the oracle.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from samrep.fast.reference import grid_tables, reference_attention, rel_width
 
 try:
     import triton
@@ -35,23 +28,17 @@ except ImportError:  # the CPU wheel of torch brings no Triton; callers check `a
     triton = None
 
 
+__all__ = ["available", "grid_tables", "reference_attention", "rel_width", "windowed_attention"]
+
+
 def available() -> bool:
     """Whether Triton imports (the kernel's only requirement besides a CUDA GPU)."""
     return triton is not None
 
 
-def rel_width(window: int) -> int:
-    """The padded width of the rel_h / rel_w terms: `window` rounded up to a power of two
-    >= 16 (14 -> 16, 64 -> 64). Zero columns beyond `window` keep the rel-term GEMM aligned
-    (cuBLAS runs a slow unaligned kernel at 14) and are never read by the kernel."""
-    return max(16, 1 << (window - 1).bit_length())
-
-
 def split_head_dim(head_dim: int) -> tuple[int, int]:
-    """head_dim as (d0, d1), d0 a power of two >= 16 and d1 a power of two >= 16 or 0.
-
-    ViT-H: 80 -> (64, 16). ValueError when no such split exists (the kernel cannot run).
-    """
+    """head_dim as (d0, d1), powers of two >= 16 (d1 may be 0): 80 -> (64, 16); else
+    ValueError (the kernel cannot run)."""
     d0 = 1 << (head_dim.bit_length() - 1)
     d1 = head_dim - d0
     if d0 < 16 or (d1 and (d1 < 16 or d1 & (d1 - 1))):
@@ -71,18 +58,12 @@ if triton is not None:
         relw_ptr,  # (B, H, S*S, GP): rel_w[b, h, token, key_col]
         out_ptr,  # (B, S, S, H, D) contiguous
         scale,
-        H: tl.constexpr,
-        S: tl.constexpr,  # token grid side (64)
-        G: tl.constexpr,  # attention window side (14; S for global attention)
-        GP: tl.constexpr,  # G rounded up to a power of two >= 16
-        NWIN: tl.constexpr,  # windows per side, ceil(S / G)
-        D: tl.constexpr,
-        D0: tl.constexpr,
-        D1: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
+        # S grid side (64), G window side (14; S if global), GP = G rounded up to a power of
+        # two >= 16, NWIN = ceil(S / G) windows per side, D = D0 + D1 (split_head_dim)
+        H: tl.constexpr, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
+        NWIN: tl.constexpr, D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid = tl.program_id(1)  # ((b * NWIN + wy) * NWIN + wx) * H + h
         h = pid % H
@@ -184,27 +165,16 @@ if triton is not None:
 
         out_rows = out_ptr + b.to(tl.int64) * S * S * H * D + q_tok[:, None] * (H * D) + h * D
         inv = 1.0 / tl.where(q_ok, l_i, 1.0)
-        tl.store(
-            out_rows + d0[None, :],
-            (acc0 * inv[:, None]).to(out_ptr.dtype.element_ty),
-            mask=q_ok[:, None],
-        )
+        out_ty = out_ptr.dtype.element_ty
+        tl.store(out_rows + d0[None, :], (acc0 * inv[:, None]).to(out_ty), mask=q_ok[:, None])
         if D1 > 0:
-            tl.store(
-                out_rows + d1[None, :],
-                (acc1 * inv[:, None]).to(out_ptr.dtype.element_ty),
-                mask=q_ok[:, None],
-            )
+            out1 = (acc1 * inv[:, None]).to(out_ty)
+            tl.store(out_rows + d1[None, :], out1, mask=q_ok[:, None])
 
 
 def launch_config(window: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a `window` x `window` attention grid.
-
-    The fastest of a sweep on one H200 (bf16, batch 16, 16 heads, head_dim 80;
-    `tools/attention_bench.py --sweep`, reports/h200/attention_sweep.txt): windowed (196
-    tokens) 256 x 64 with 8 warps, one program per window and head, 0.87 ms per layer; global
-    (4096 tokens) 128 x 64 with 4 warps and 2 stages, 5.85 ms per layer.
-    """
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest of a sweep on one H200 (bf16,
+    bs16; reports/h200/attention_sweep.txt): windowed 0.87 ms, global 5.85 ms per layer."""
     if window * window <= 256:
         return 256, 64, 8, 2
     return 128, 64, 4, 2
@@ -221,13 +191,11 @@ def windowed_attention(
     scale: float,
     block: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
-    """SAM vision attention over a square token grid, windowed (window < S) or global.
+    """SAM vision attention on a square grid, windowed (window < S) or global.
 
-    qkv: (B, S, S, 3 * heads * head_dim), the qkv projection of the unpadded grid, contiguous.
-    qkv_bias: (3 * heads * head_dim,) or None (then padding tokens project to zero).
-    rel_h, rel_w: (B, heads, S * S, rel_width(window)) contiguous, from `rel_terms`.
-    Returns (B, S, S, heads * head_dim) in qkv's dtype: the attention output before `proj`.
-    """
+    qkv (B, S, S, 3 * heads * head_dim) of the unpadded grid; qkv_bias (3 * heads * head_dim,)
+    or None (padding tokens project to zero); rel_h, rel_w (B, heads, S * S, rel_width(window))
+    contiguous. Returns (B, S, S, heads * head_dim) in qkv's dtype, before proj."""
     if triton is None:
         raise RuntimeError("the Triton attention kernel needs the triton package")
     b, s, s2, three_c = qkv.shape
@@ -246,109 +214,12 @@ def windowed_attention(
     grid = (triton.cdiv(window * window, block_m), b * nwin * nwin * num_heads)
     bias = qkv_bias if qkv_bias is not None else qkv.new_zeros(3 * num_heads * head_dim)
     _relpos_attention_kernel[grid](
-        qkv,
-        bias.to(qkv.dtype).contiguous(),
-        rel_h,
-        rel_w,
-        out,
-        float(scale),
-        H=num_heads,
-        S=s,
-        G=window,
-        GP=rel_width(window),
-        NWIN=nwin,
-        D=head_dim,
-        D0=d0,
-        D1=d1,
-        HAS_BIAS=qkv_bias is not None,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        num_warps=warps,
+        qkv, bias.to(qkv.dtype).contiguous(), rel_h, rel_w, out, float(scale), H=num_heads,
+        S=s, G=window, GP=rel_width(window), NWIN=nwin, D=head_dim, D0=d0, D1=d1,
+        HAS_BIAS=qkv_bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
         num_stages=stages,
-    )
+    )  # fmt: skip
     return out
-
-
-def grid_tables(table: torch.Tensor, size: int) -> torch.Tensor:
-    """A window's rel-pos table (G, G, head_dim) repeated over a `size`-long grid axis.
-
-    Row y of the result is table[y % G] (the table of query row or column y's position in its
-    window), zero-padded from G to rel_width(G) key positions: (size, rel_width(G), head_dim).
-    For global attention (G == size) the table itself.
-    """
-    g = table.shape[0]
-    grid = table[torch.arange(size, device=table.device) % g]
-    return F.pad(grid, (0, 0, 0, rel_width(g) - g))
-
-
-def rel_terms(
-    q: torch.Tensor, grid_h: torch.Tensor, grid_w: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's decomposed rel-pos terms for every token of the grid, in the kernel's layout.
-
-    q: (B, S, S, heads, head_dim) (a strided view of qkv is fine), unscaled as in SAM;
-    grid_h, grid_w: (S, GP, head_dim) from `grid_tables` (GP = rel_width(G)).
-    Returns rel_h, rel_w, each (B, heads, S * S, GP) contiguous (columns >= G are zero):
-    rel_h[b, n, y*S + x, r] = q[b, y, x, n] . grid_h[y, r]; rel_w likewise with grid_w[x, c].
-    """
-    b, s, _, heads, _ = q.shape
-    rel_h = torch.einsum("byxnc,ykc->bnyxk", q, grid_h)
-    rel_w = torch.einsum("byxnc,xkc->bnyxk", q, grid_w)
-    g = grid_h.shape[1]
-    return (
-        rel_h.reshape(b, heads, s * s, g).contiguous(),
-        rel_w.reshape(b, heads, s * s, g).contiguous(),
-    )
-
-
-def reference_attention(
-    qkv: torch.Tensor,
-    qkv_bias: torch.Tensor | None,
-    rel_h: torch.Tensor,
-    rel_w: torch.Tensor,
-    *,
-    num_heads: int,
-    window: int,
-    scale: float,
-) -> torch.Tensor:
-    """What `windowed_attention` computes, in plain torch and fp32 (the tests' oracle).
-
-    Pads the grid to whole windows with qkv(0) = qkv_bias tokens, partitions, materialises
-    the (T, T) logits with the rel-pos bias, softmaxes, crops. Same arguments and result
-    (rel_h / rel_w may be G or rel_width(G) wide; only the first G columns count).
-    """
-    b, s, _, three_c = qkv.shape
-    hd = three_c // (3 * num_heads)
-    g = window
-    sp = -(-s // g) * g
-    x = qkv.float()
-    pad = torch.zeros(three_c, dtype=torch.float32, device=qkv.device)
-    if qkv_bias is not None:
-        pad = qkv_bias.float()
-    full = pad.expand(b, sp, sp, three_c).clone()
-    full[:, :s, :s] = x
-    nw = sp // g
-    win = full.reshape(b, nw, g, nw, g, 3, num_heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
-    q, k, v = win.reshape(3, b, nw, nw, num_heads, g * g, hd).unbind(0)
-    logits = torch.einsum("bwvnic,bwvnjc->bwvnij", q, k) * scale
-
-    def padded_rel(t):  # (B, heads, S*S, >=G) -> (B, nw, nw, heads, T, G); padding queries: 0
-        grid = t[..., :g].float().reshape(b, num_heads, s, s, g)
-        full_t = grid.new_zeros(b, num_heads, sp, sp, g)
-        full_t[:, :, :s, :s] = grid
-        return (
-            full_t.reshape(b, num_heads, nw, g, nw, g, g)
-            .permute(0, 2, 4, 1, 3, 5, 6)
-            .reshape(b, nw, nw, num_heads, g * g, g)
-        )
-
-    rh, rw = padded_rel(rel_h), padded_rel(rel_w)
-    key_row = torch.arange(g * g, device=qkv.device) // g
-    key_col = torch.arange(g * g, device=qkv.device) % g
-    logits = logits + rh[..., key_row] + rw[..., key_col]
-    out = torch.einsum("bwvnij,bwvnjc->bwvnic", F.softmax(logits, dim=-1), v)
-    out = out.reshape(b, nw, nw, num_heads, g, g, hd).permute(0, 1, 4, 2, 5, 3, 6)
-    return out.reshape(b, sp, sp, num_heads * hd)[:, :s, :s].to(qkv.dtype)
 
 
 @torch.library.custom_op("samrep::relpos_attention", mutates_args=())
@@ -361,11 +232,8 @@ def relpos_attention(
     window: int,
     scale: float,
 ) -> torch.Tensor:
-    """`windowed_attention` as an opaque op for torch.compile and CUDA graphs.
-
-    Runs the Triton kernel on CUDA; on the CPU `reference_attention` (registered below), so the
-    module around it can be tested against transformers without a GPU.
-    """
+    """`windowed_attention` as an opaque op for torch.compile and CUDA graphs; on the CPU
+    `reference_attention`, so modules around it test against transformers without a GPU."""
     return windowed_attention(
         qkv, qkv_bias, rel_h, rel_w, num_heads=num_heads, window=window, scale=scale
     )
