@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--bs", type=_count(1, 4096), default=16, help="batch size (default 16)")
     s.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16"))
     s.add_argument("--iters", type=_count(1, 100_000), default=20, help="timed iterations per step")
+    s.add_argument(
+        "--only", type=_count(0, 99), nargs="+", metavar="STEP", help="these steps alone"
+    )
     return top
 
 
@@ -167,5 +170,5 @@ def _run(args) -> int:
     elif args.stage == "steps":
         from samrep.bench import steps
 
-        steps(params, args.bs, args.precision, args.iters)
+        steps(params, args.bs, args.precision, args.iters, args.only)
     return 0
