@@ -46,25 +46,18 @@ def test_batched_slices_or_tiles():
     assert _batched(x, 7).flatten().tolist() == [0, 1, 2, 0, 1, 2, 0]
 
 
-def test_steps_entry_point_scores_each_step(tmp_path):
+def test_steps_entry_point_scores_each_step(make_params):
     """`python -m samrep steps` (samrep.bench.steps) on the tiny params: steps.json holds each
     step's acc and IoU against the fp32 ground truth (fp32 on the CPU: the same masks)."""
     import json
 
+    from samrep import stages
     from samrep.bench import steps
-    from samrep.config import load_params
-    from samrep.groundtruth import run_ground_truth
-    from tests.folders import safe_rmtree
-    from tests.test_pipeline import write_params
 
-    params = load_params(str(write_params(tmp_path)))
-    try:
-        run_ground_truth(params)
-        steps(params, 1, "fp32", 1)
-        saved = json.loads((params.report_path / "steps.json").read_text())
-        assert [r["step"] for r in saved["steps"]] == [0, 1, 2]
-        for row in saved["steps"]:
-            assert row["acc"] >= 0.999 and row["iou"] >= 0.99, row
-    finally:
-        safe_rmtree(params.data_path)
-        safe_rmtree(params.report_path)
+    params = make_params("steps")
+    stages.groundtruth(params)
+    steps(params, 1, "fp32", 1)
+    saved = json.loads((params.report_path / "steps.json").read_text())
+    assert [r["step"] for r in saved["steps"]] == [0, 1, 2]
+    for row in saved["steps"]:
+        assert row["acc"] >= 0.999 and row["iou"] >= 0.99, row
