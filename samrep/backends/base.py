@@ -65,6 +65,10 @@ class Backend(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,3,1024,1024), (B,1,1,2) on the device -> (B,3,256,256) logits, (B,3) scores."""
 
+    def verify(self, gt) -> dict | None:
+        """The engine check after the build (onnx_engine.OnnxEngine.verify); None: none here."""
+        return None
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -1,13 +1,10 @@
-"""The base of the engines built from samrep's ONNX export: onnxruntime, tensorrt, xtcl.
-
-One `export_onnx` (samrep.export, traced from a CPU fp32 copy: one graph serves every engine
-and device), one I/O contract (`contract`: names, dtypes, shapes of the exported graphs), one
-check of the tensors bound to an engine against what it declares (`check_tensors`), one batch
-planner (`batch_profile`), and the engine check (`verify`) the row runs after the build.
-"""
+"""The base of the engines built from samrep's ONNX export (onnxruntime, tensorrt, xtcl): one
+`export_onnx`, one I/O contract (`contract`), one check of bound tensors (`check_tensors`), one
+batch planner (`batch_profile`) and the engine check (`verify`) the row runs after the build."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -45,21 +42,22 @@ class TensorSpec:
 
 
 def contract(config, graph: str, batch: int | None = None) -> tuple[list, list]:
-    """(inputs, outputs) TensorSpecs of an exported graph: float32 I/O by name, whatever the
-    precision inside; `batch` for a static-batch export."""
+    """(inputs, outputs) of an exported graph: float32 by name whatever the precision inside;
+    `batch` for a static-batch export."""
     shapes = ex.graph_shapes(config)
-    ins, outs = ex.GRAPH_IO[graph]
-    return tuple(
+    spec = [
         [TensorSpec(n, torch.float32, (batch, *shapes[n][1:])) for n in names]
-        for names in (ins, outs)
-    )
+        for names in ex.GRAPH_IO[graph]
+    ]
+    return spec[0], spec[1]
 
 
 def match_contract(want: list, got: dict[str, tuple], label: str) -> list:
-    """The engine's declared {name: (dtype, shape)} checked against the contract `want`: same
-    names and non-batch sizes, float32 or float16 (fed by a value cast). -> engine TensorSpecs."""
-    if sorted(got) != sorted(s.name for s in want):
-        raise EngineIOError(f"{label}: declares {sorted(got)}, the export {[s.name for s in want]}")
+    """The engine's declared {name: (dtype, shape)} checked against the contract `want`: every
+    name there, same non-batch sizes, float32 or float16 (fed by a value cast). -> its specs."""
+    missing = [s.name for s in want if s.name not in got]
+    if missing:
+        raise EngineIOError(f"{label}: no '{missing[0]}' (declares {sorted(got)})")
     specs = []
     for s in want:
         dtype, shape = got[s.name]
@@ -88,8 +86,7 @@ def check_tensors(specs: list, feeds: dict, label: str, device: str) -> int:
 
 
 def batch_profile(spec: TensorSpec, bs: int) -> tuple[tuple, tuple, tuple]:
-    """(min, opt, max) shapes for an engine built for the row's bs: batch 1..bs, opt bs; a
-    static-batch graph must have batch bs."""
+    """(min, opt, max) shapes for the row's bs: batch 1..bs, opt bs (static: must be bs)."""
     rest = tuple(spec.shape[1:])
     if spec.shape[0] is None:
         return (1, *rest), (bs, *rest), (bs, *rest)
@@ -102,13 +99,9 @@ class EngineOptions(BaseModel):
     """The export options every ONNX-built engine shares."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    part: Literal["split", "whole"] = Field(
-        "split", description="'split': encoder + decoder graphs; 'whole': one graph, as published"
-    )
+    part: Literal["split", "whole"] = Field("split", description="encoder + decoder, or one")
     opset: int = Field(17, ge=17, description="ONNX opset (>= 17: LayerNormalization one node)")
-    exporter: Literal["auto", "torchscript", "dynamo"] = Field(
-        "auto", description="'auto': torchscript, then dynamo if it fails"
-    )
+    exporter: Literal["torchscript", "dynamo"] = Field("torchscript", description="tracer")
     dynamic_batch: bool = Field(True, description="dynamic batch axis (else fixed at the bs)")
 
 
@@ -135,25 +128,14 @@ class OnnxEngine(Backend):
         """The cached export this engine builds from (samrep.export) -> ExportInfo."""
         from samrep.model import weights_sha256
 
-        o = self.opts
-        request = ex.ExportRequest(
-            self.graph_precision(),
-            o.part,
-            o.opset,
-            o.dynamic_batch,
-            2 if o.dynamic_batch else self.bs,
-            o.exporter,
+        o, p, providers = self.opts, self.graph_precision(), self.check_providers()
+        req = ex.ExportRequest(
+            p, o.part, o.opset, o.dynamic_batch, 2 if o.dynamic_batch else self.bs
         )
-        example = None if inputs is None else (inputs.pixel_values, inputs.input_points)
-        self.export_info = ex.export_sam(
-            model,
-            weights_sha256(model),
-            self.workdir,
-            request,
-            example,
-            self.check_providers(),
-            force,
-        )
+        req = dataclasses.replace(req, exporter=o.exporter)
+        pair = None if inputs is None else (inputs.pixel_values, inputs.input_points)
+        sha = weights_sha256(model)
+        self.export_info = ex.export_sam(model, sha, self.workdir, req, pair, providers, force)
         return self.export_info
 
     def verify(self, gt) -> dict:
@@ -176,8 +158,6 @@ class OnnxEngine(Backend):
         r = score.result()
         threshold = MIN_ACC[self.precision]
         if not r["acc"] >= threshold:  # NaN fails too
-            raise EngineCheckFailed(
-                f"{self.name} {self.precision} bs {self.bs}: engine check failed: acc "
-                f"{r['acc']:.4f} < {threshold} on the ground-truth sample (IoU {r['iou']:.4f})"
-            )
+            why = f"acc {r['acc']:.4f} < {threshold} on the ground truth (IoU {r['iou']:.4f})"
+            raise EngineCheckFailed(f"{self.name} {self.precision} bs {self.bs}: {why}")
         return {"acc": r["acc"], "iou": r["iou"], "threshold": threshold, "bs": self.bs}
