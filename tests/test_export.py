@@ -149,7 +149,9 @@ def test_dynamo_and_static_batch_exports(tiny_model, sha, tmp_path):
     req = ex.ExportRequest(exporter="dynamo", part="whole")  # the decoder in it, at batch 2
     info = ex.export_sam(tiny_model, sha, tmp_path, req)
     assert info.exporter == "dynamo" and info.max_abs_diff["model"]["low_res_masks"] <= MASK_ATOL
-    static = ex.export_sam(tiny_model, sha, tmp_path, ex.ExportRequest(dynamic_batch=False, batch=3))
+    static = ex.export_sam(
+        tiny_model, sha, tmp_path, ex.ExportRequest(dynamic_batch=False, batch=3)
+    )
     assert static.folder.name.endswith("-bs3-torchscript")
     m = onnx.load(str(static.paths["decoder"]), load_external_data=False)
     assert [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim] == [3, 3, 256, 256]

@@ -28,6 +28,10 @@ MATH = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmuls"}
 MATH["fp16"] = "fp16 image encoder, fp32 prompt encoder + mask decoder"
 
 
+def half(t: torch.Tensor) -> torch.Tensor:
+    return t.half() if t.dtype == torch.float32 else t
+
+
 class OrtOptions(oe.EngineOptions):
     allocator: Literal["torch", "arena"] = Field("torch", description="CUDA: ORT's allocations")
     gpu_mem_limit_gib: float | None = Field(None, gt=0, description="CUDA arena limit, GiB")
@@ -61,7 +65,9 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
             raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from exc
         have = ort.get_available_providers()
         if device == "cpu" and precision != "fp32":
-            raise BackendUnavailable(f"onnxruntime on the CPU runs fp32 only, not {precision}")
+            raise BackendUnavailable(
+                f"onnxruntime on the CPU runs fp32 only, not {precision} (TF32 and fp16 are CUDA math here)"
+            )
         if device == "cuda" and "CUDAExecutionProvider" not in have:
             raise BackendUnavailable(
                 f"this onnxruntime has no CUDA provider ({have}): pip "
@@ -127,8 +133,11 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         pool = {"pixel_values": pixel_values, "input_points": input_points}
         for graph, session in self.sessions.items():  # encoder then decoder, or the whole graph
             ins, outs = self.specs[graph]
-            # by value where the graph takes fp16 (never a reinterpretation of bytes)
-            feeds = {s.name: pool[s.name].to(s.dtype) for s in ins}
+            # float32 cast by value where the graph takes fp16 (never a reinterpretation of bytes)
+            feeds = {
+                s.name: half(pool[s.name]) if s.dtype == torch.float16 else pool[s.name]
+                for s in ins
+            }
             batch = oe.check_tensors(ins, feeds, f"onnxruntime {graph} graph", self.device.type)
             if self.stream is None:
                 got = session.run([s.name for s in outs], {k: v.numpy() for k, v in feeds.items()})
