@@ -99,7 +99,7 @@ def test_onnxruntime_without_cuda_provider_is_unavailable_on_cuda():
 
     if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
         pytest.skip("this onnxruntime has a CUDA execution provider")
-    with pytest.raises(BackendUnavailable, match="no CUDA provider.*onnxruntime-gpu"):
+    with pytest.raises(BackendUnavailable, match="no CUDA provider in this onnxruntime"):
         get_backend("onnxruntime").check_available("cuda", "fp32")
 
 
@@ -261,4 +261,4 @@ def test_evaluate_onnxruntime_row_and_a_not_run_row(params_path):
     assert ok["scores"]["acc"] >= MIN_AGREEMENT  # ground truth is PyTorch fp32 on these weights
     assert ok["math_mode"] == "fp32" and "onnxruntime" in ok["versions"]
     assert (params.data_path / "engines" / "onnx").is_dir()  # the export cache, per hw
-    assert not_run["status"] == "not_run" and "fp32 only" in not_run["reason"]
+    assert not_run["status"] == "not_run" and "fp32 only, not tf32" in not_run["reason"]

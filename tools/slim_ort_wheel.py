@@ -7,7 +7,8 @@ every cubin for another architecture is zeroed (its fatbin entry header is kept,
 runtime still parses the container and picks the sm_<N> entry, the only one it can run); the
 TensorRT provider (needs libnvinfer) and the quantization tools are dropped. The wheel is stored
 uncompressed and the whole file xz-compressed, then split into OUTDIR/ort.whl.xz.partNN;
-tools/install_ort_gpu.sh puts it back together. For sm_90 (H100/H200): 255 MB -> about 100 MB.
+OUTDIR/MANIFEST names the wheel, the part count and the sha256; tools/install_ort_gpu.sh puts
+it back together. For sm_90 (H100/H200): 255 MB -> about 100 MB.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def main() -> None:
         (a.outdir / f"ort.whl.xz.part{i // a.part_bytes:02d}").write_bytes(
             packed[i : i + a.part_bytes]
         )
+    manifest = {"wheel": a.wheel.name, "parts": -(-len(packed) // a.part_bytes), "sm": a.sm}
+    manifest["sha256"] = hashlib.sha256(packed).hexdigest()
+    (a.outdir / "MANIFEST").write_text("".join(f"{k} {v}\n" for k, v in manifest.items()))
     print(f"{len(packed) / 1e6:.1f} MB in {-(-len(packed) // a.part_bytes)} parts under {a.outdir}")
 
 

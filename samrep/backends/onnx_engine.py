@@ -4,7 +4,6 @@ batch planner (`batch_profile`) and the engine check (`verify`) the row runs aft
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -15,12 +14,10 @@ from samrep import export as ex
 from samrep.backends.base import Backend
 from samrep.errors import SamrepError
 
-# The engine check: lowest acc (pixel agreement with the fp32 ground truth) of the engine's own
-# run on the ground-truth sample before its row is measured. fp32: rounding only separates an
-# fp32 engine from PyTorch fp32 (1.0000 measured, CPU and H200), so 0.999 (0.1% of the pixels,
-# a boundary band) already means a wrong engine. fp16/bf16: HF eager fp16 scores 0.9995 on the
-# H200; the wrong engines seen score 0.89 (the published TensorRT fp16) and 0.74-0.86 (ORT with
-# its inputs copied on another stream): 0.99 is 10x nearer the right figure than the wrong ones.
+# The engine check's lowest acc (pixel agreement with the fp32 ground truth). fp32 engines differ
+# from PyTorch fp32 by rounding only (1.0000 measured): 0.1% of the pixels is a wrong engine.
+# fp16/bf16: HF eager fp16 0.9995 (H200); the wrong engines seen: 0.89 (published TensorRT fp16),
+# 0.74-0.86 (ORT inputs on another stream). 0.99 is 10x nearer the right figure than those.
 MIN_ACC = {"fp32": 0.999, "tf32": 0.999, "fp16": 0.99, "bf16": 0.99}
 
 
@@ -95,6 +92,10 @@ def batch_profile(spec: TensorSpec, bs: int) -> tuple[tuple, tuple, tuple]:
     return (bs, *rest), (bs, *rest), (bs, *rest)
 
 
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.dtype == torch.float32 and dtype.is_floating_point else t
+
+
 class EngineOptions(BaseModel):
     """The export options every ONNX-built engine shares."""
 
@@ -115,35 +116,53 @@ class OnnxEngine(Backend):
     def __init__(self, device, precision, options, workdir, bs=1):
         super().__init__(device, precision, options, workdir, bs)
         self.opts = self.Options.model_validate(self.options)
+        self.specs: dict[str, tuple[list, list]] = {}  # graph -> the engine's (inputs, outputs)
 
-    def graph_precision(self) -> str:
-        """The precision of the graph it builds from (TensorRT: fp32, it lowers precision)."""
+    def bind_contract(self, config, graph: str, declared: dict) -> None:
+        """Check what the engine of `graph` declares ({name: (dtype, shape)}) against the
+        contract and keep it: `run` checks every tensor it binds against that."""
+        want = contract(config, graph, None if self.opts.dynamic_batch else self.bs)
+        label = f"{self.name} {graph}"
+        self.specs[graph] = tuple(match_contract(w, declared, label) for w in want)
+
+    def run(self, pixel_values, input_points):
+        """(B,3,1024,1024), (B,1,1,2) float32 on the device -> (B,3,256,256) logits, (B,3): the
+        graphs in order, each fed by name from the tensors so far (float32 cast by value where
+        the engine takes fp16: never a reinterpretation of bytes), each input checked first."""
+        pool = {"pixel_values": pixel_values, "input_points": input_points}
+        for graph, (ins, outs) in self.specs.items():
+            feeds = {s.name: _cast(pool[s.name], s.dtype) for s in ins}
+            batch = check_tensors(ins, feeds, f"{self.name} {graph}", self.device.type)
+            pool.update(self.run_graph(graph, feeds, outs, batch))
+        return pool["low_res_masks"].float(), pool["iou_scores"].float()
+
+    def run_graph(self, graph: str, feeds: dict, outs: list, batch: int) -> dict:
+        """One engine on checked `feeds` -> {output name: tensor}."""
+        raise NotImplementedError
+
+    def graph_precision(self) -> str:  # of the graph it builds from
         return ex.export_precision(self.precision)
 
-    def check_providers(self) -> list:
-        """ONNX Runtime providers the export's check runs with."""
+    def check_providers(self) -> list:  # ONNX Runtime's, for the export's check
         return ["CPUExecutionProvider"]
 
     def export_onnx(self, model, inputs, force: bool = False):
         """The cached export this engine builds from (samrep.export) -> ExportInfo."""
         from samrep.model import weights_sha256
 
-        o, p, providers = self.opts, self.graph_precision(), self.check_providers()
-        req = ex.ExportRequest(
-            p, o.part, o.opset, o.dynamic_batch, 2 if o.dynamic_batch else self.bs
-        )
-        req = dataclasses.replace(req, exporter=o.exporter)
+        o, p, batch = self.opts, self.graph_precision(), 2 if self.opts.dynamic_batch else self.bs
+        req = ex.ExportRequest(p, o.part, o.opset, o.dynamic_batch, batch, o.exporter)
+        providers = self.check_providers()
         pair = None if inputs is None else (inputs.pixel_values, inputs.input_points)
         sha = weights_sha256(model)
         self.export_info = ex.export_sam(model, sha, self.workdir, req, pair, providers, force)
         return self.export_info
 
     def verify(self, gt) -> dict:
-        """The engine check: this engine's `run` on the ground-truth sample at the row's bs,
-        scored against the ground truth (3 masks). Inputs arrive as in the core region: from
-        pinned memory, non_blocking, into device memory poisoned with NaN first, so an engine
-        that reads them before torch's copy lands fails. Raises EngineCheckFailed below
-        MIN_ACC; -> {"acc", "iou", "threshold", "bs"} for the record."""
+        """The engine check: `run` on the ground-truth sample at the row's bs, scored against the
+        ground truth; inputs copied as the core region does (pinned, non_blocking) into memory
+        poisoned with NaN, so an engine reading them early fails. EngineCheckFailed below
+        MIN_ACC, else {"acc", "iou", "threshold", "bs"} for the record."""
         from samrep.metrics import MaskScore, postprocess_masks
 
         cuda = self.device.type == "cuda"

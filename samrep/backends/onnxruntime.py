@@ -28,10 +28,6 @@ MATH = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmuls"}
 MATH["fp16"] = "fp16 image encoder, fp32 prompt encoder + mask decoder"
 
 
-def half(t: torch.Tensor) -> torch.Tensor:
-    return t.half() if t.dtype == torch.float32 else t
-
-
 class OrtOptions(oe.EngineOptions):
     allocator: Literal["torch", "arena"] = Field("torch", description="CUDA: ORT's allocations")
     gpu_mem_limit_gib: float | None = Field(None, gt=0, description="CUDA arena limit, GiB")
@@ -65,14 +61,9 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
             raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from exc
         have = ort.get_available_providers()
         if device == "cpu" and precision != "fp32":
-            raise BackendUnavailable(
-                f"onnxruntime on the CPU runs fp32 only, not {precision} (TF32 and fp16 are CUDA math here)"
-            )
+            raise BackendUnavailable(f"onnxruntime on the CPU runs fp32 only, not {precision}")
         if device == "cuda" and "CUDAExecutionProvider" not in have:
-            raise BackendUnavailable(
-                f"this onnxruntime has no CUDA provider ({have}): pip "
-                "install onnxruntime-gpu (README)"
-            )
+            raise BackendUnavailable(f"no CUDA provider in this onnxruntime ({have}): README")
 
     def check_providers(self) -> list:  # an fp16 graph is checked on the GPU: ORT CPU fp16 is slow
         gpu = self.device.type == "cuda" and self.precision == "fp16"
@@ -83,13 +74,9 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
             return ["CPUExecutionProvider"]
         o, index = self.opts, self.device.index or 0
         self.stream = torch.cuda.Stream(self.device)  # ORT's own, never torch's default (0)
-        cuda = {
-            "device_id": index,
-            "use_tf32": int(self.precision == "tf32"),
-            "user_compute_stream": stream_option(self.stream.cuda_stream),
-            "arena_extend_strategy": "kSameAsRequested",
-            "enable_cuda_graph": int(o.cuda_graph),
-        }
+        cuda = {"device_id": index, "user_compute_stream": stream_option(self.stream.cuda_stream)}
+        cuda.update(use_tf32=int(self.precision == "tf32"), enable_cuda_graph=int(o.cuda_graph))
+        cuda["arena_extend_strategy"] = "kSameAsRequested"  # not the next power of two
         if o.gpu_mem_limit_gib:
             cuda["gpu_mem_limit"] = int(o.gpu_mem_limit_gib * 2**30)
         if o.allocator == "torch":  # ORT's buffers from torch's caching allocator, on ORT's stream
@@ -109,7 +96,7 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         CUDA one batch of bs runs here (cuDNN's search and any graph capture are build time)."""
         import onnxruntime as ort
 
-        so, providers, self.specs = ort.SessionOptions(), self._providers(), {}
+        so, providers = ort.SessionOptions(), self._providers()
         so.log_severity_level = 3
         self.run_options = ort.RunOptions()  # ordered with torch by stream events, no host sync
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -119,47 +106,43 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
             if self.stream is not None and "CUDAExecutionProvider" not in s.get_providers():
                 raise BackendUnavailable(f"{label}: no CUDA provider (CUDA/cuDNN libraries?)")
             io = s.get_inputs() + s.get_outputs()
-            declared = {a.name: (ORT_DTYPES.get(a.type), a.shape) for a in io}
-            want = oe.contract(model.config, graph, None if self.opts.dynamic_batch else self.bs)
-            self.specs[graph] = [oe.match_contract(w, declared, label) for w in want]
+            self.bind_contract(
+                model.config, graph, {a.name: (ORT_DTYPES.get(a.type), a.shape) for a in io}
+            )
         self.math_mode = MATH[self.precision] if self.stream is not None else "fp32"
         log(f"onnxruntime: {', '.join(self.sessions)} ({self.math_mode}, {self.opts.allocator})")
         if self.stream is not None:
             pair = (inputs.pixel_values, inputs.input_points)
             self.run(*(t.expand(self.bs, *t.shape[1:]).contiguous().to(self.device) for t in pair))
 
-    def run(self, pixel_values, input_points):
-        """(B,3,1024,1024), (B,1,1,2) float32 on the device -> (B,3,256,256) logits, (B,3)."""
-        pool = {"pixel_values": pixel_values, "input_points": input_points}
-        for graph, session in self.sessions.items():  # encoder then decoder, or the whole graph
-            ins, outs = self.specs[graph]
-            # float32 cast by value where the graph takes fp16 (never a reinterpretation of bytes)
-            feeds = {
-                s.name: half(pool[s.name]) if s.dtype == torch.float16 else pool[s.name]
-                for s in ins
-            }
-            batch = oe.check_tensors(ins, feeds, f"onnxruntime {graph} graph", self.device.type)
-            if self.stream is None:
-                got = session.run([s.name for s in outs], {k: v.numpy() for k, v in feeds.items()})
-                pool.update({s.name: torch.from_numpy(a) for s, a in zip(outs, got, strict=True)})
-                continue
-            binding, dev = session.io_binding(), self.device.index or 0
-            for s in ins + outs:  # outputs allocated on torch's stream, which reads them
-                t = feeds.get(s.name)
-                if self.opts.cuda_graph or t is None:
-                    buf = torch.empty((batch, *s.shape[1:]), dtype=s.dtype, device=self.device)
-                    if self.opts.cuda_graph:  # a graph replays fixed addresses: keep buffers
-                        buf = self.buffers.setdefault(s.name, buf)
-                    t = buf if t is None else buf.copy_(t)
-                bind = binding.bind_input if s in ins else binding.bind_output
-                bind(s.name, "cuda", dev, NP_DTYPES[s.dtype], list(t.shape), t.data_ptr())
-                pool[s.name] = t
-            current = torch.cuda.current_stream(self.device)
-            self.stream.wait_stream(current)  # after torch's copies and casts of the inputs
-            session.run_with_iobinding(binding, self.run_options)
-            current.wait_stream(self.stream)  # torch reads the outputs after ORT wrote them
-        out = [pool[n].float() for n in ("low_res_masks", "iou_scores")]
-        return [t.clone() for t in out] if self.opts.cuda_graph else out
+    def run_graph(self, graph: str, feeds: dict, outs: list, batch: int) -> dict:
+        session = self.sessions[graph]
+        if self.stream is None:  # the CPU: through numpy
+            got = session.run([s.name for s in outs], {k: v.numpy() for k, v in feeds.items()})
+            return {s.name: torch.from_numpy(a) for s, a in zip(outs, got, strict=True)}
+        binding, dev, graph_mode = (
+            session.io_binding(),
+            self.device.index or 0,
+            self.opts.cuda_graph,
+        )
+        bound = {**feeds, **{s.name: None for s in outs}}
+        for name, t in bound.items():  # outputs allocated on torch's stream, which reads them
+            spec = next(s for s in outs if s.name == name) if t is None else None
+            if graph_mode or t is None:
+                shape, dtype = (
+                    (t.shape, t.dtype) if t is not None else ((batch, *spec.shape[1:]), spec.dtype)
+                )
+                buf = torch.empty(shape, dtype=dtype, device=self.device)
+                if graph_mode:  # a CUDA graph replays fixed addresses: persistent buffers
+                    buf = self.buffers.setdefault(name, buf)
+                bound[name] = t = buf if t is None else buf.copy_(t)
+            bind = binding.bind_output if spec is not None else binding.bind_input
+            bind(name, "cuda", dev, NP_DTYPES[t.dtype], list(t.shape), t.data_ptr())
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)  # after torch's copies and casts of the inputs
+        session.run_with_iobinding(binding, self.run_options)
+        current.wait_stream(self.stream)  # torch reads the outputs after ORT wrote them
+        return {s.name: bound[s.name].clone() if graph_mode else bound[s.name] for s in outs}
 
     def framework_peak_gib(self) -> float | None:
         """ORT's own peak, GiB (torch's, holding ORT's buffers); None with ORT's arena."""

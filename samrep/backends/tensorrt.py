@@ -1,12 +1,7 @@
-"""`tensorrt`: TensorRT 10 engines built from samrep's fp32 ONNX export (the case's infer phase).
-
-Encoder and decoder engines chained on the GPU. Tensors are bound by name (TensorRT 10's
-tensor-name API on torch's current stream; no binding indices, no pycuda: the original's defect
-5), checked against each engine's declared dtype and shape first (defect 3); outputs are read by
-name (defect 4). fp32 clears the builder's TF32 flag, which trtexec sets (defect 2); fp16/bf16
-are builder flags on the fp32 graph, LayerNorm and Softmax held in fp32; the decoder stays fp32.
-Engines are cached in <workdir>/tensorrt/ under a hash of all they depend on.
-"""
+"""`tensorrt`: TensorRT 10 engines from samrep's fp32 export, encoder then decoder on the GPU.
+Bound by name on torch's stream (tensor-name API, no pycuda: defect 5), checked against each
+engine's dtypes and shapes (defects 3, 4); fp32 clears TF32 (defect 2); fp16/bf16 are builder
+flags, LayerNorm and Softmax kept fp32. Cached in <workdir>/tensorrt/ by a hash of their inputs."""
 
 from __future__ import annotations
 
@@ -49,7 +44,7 @@ class TensorRTBackend(oe.OnnxEngine):
         super().__init__(device, precision, options, workdir, bs)
         if precision == "tf32" and options.get("allow_tf32") is False:
             raise ValueError("tensorrt: options.allow_tf32: false contradicts precision tf32")
-        self.tf32, self.engines, self.built = precision == "tf32" or self.opts.allow_tf32, [], {}
+        self.tf32, self.contexts, self.built = precision == "tf32" or self.opts.allow_tf32, {}, {}
         tf32 = "TF32 allowed" if self.tf32 else "TF32 off"
         self.math_mode = f"fp32 ({tf32})"
         if precision in FLAGS:
@@ -73,7 +68,7 @@ class TensorRTBackend(oe.OnnxEngine):
             if int(trt.__version__.split(".")[0]) < 10:
                 why.append(f"TensorRT {trt.__version__}: samrep needs >= 10 (tensor names)")
         except ImportError as exc:
-            why.append(f"TensorRT Python package not installed (pip `tensorrt`, NVIDIA): {exc}")
+            why.append(f"TensorRT Python package not installed (pip `tensorrt`): {exc}")
         if device != "cuda":
             why.append(f"TensorRT runs on NVIDIA GPUs (device cuda), this row's is {device}")
         elif not torch.cuda.is_available():
@@ -89,17 +84,12 @@ class TensorRTBackend(oe.OnnxEngine):
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime, gpu = trt.Runtime(self.logger), torch.cuda.get_device_name(self.device)
         for part, path in info.paths.items():
-            fields = {
-                "part": part,
-                "onnx": info.folder.name,
-                "precision": self.part_precision(part),
-            }
+            precision = self.part_precision(part)
+            fields = {"part": part, "onnx": info.folder.name, "precision": precision}
             fields.update(tf32=self.tf32, bs=self.bs, trt=trt.__version__, gpu=gpu)
             fields["opts"] = o.model_dump(exclude={"rebuild"})
             key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-            file = (
-                self.workdir / "tensorrt" / f"{part}-{fields['precision']}-bs{self.bs}-{key}.engine"
-            )
+            file = self.workdir / "tensorrt" / f"{part}-{precision}-bs{self.bs}-{key}.engine"
             cached = file.is_file() and not o.rebuild
             engine = runtime.deserialize_cuda_engine(file.read_bytes()) if cached else None
             self.built[part] = {"engine": file.name, "reused": engine is not None}
@@ -112,11 +102,8 @@ class TensorRTBackend(oe.OnnxEngine):
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             dtype = {n: TRT_DTYPES.get(engine.get_tensor_dtype(n).name) for n in names}
             declared = {n: (dtype[n], tuple(engine.get_tensor_shape(n))) for n in names}
-            label = f"tensorrt {part} engine"
-            ins, outs = (
-                oe.match_contract(w, declared, label) for w in oe.contract(model.config, part)
-            )
-            self.engines.append((label, engine.create_execution_context(), ins, outs))
+            self.bind_contract(model.config, part, declared)
+            self.contexts[part] = engine.create_execution_context()
 
     def _build(self, trt, onnx_path, fields: dict) -> bytes:
         builder, precision, o = trt.Builder(self.logger), fields["precision"], self.opts
@@ -150,22 +137,19 @@ class TensorRTBackend(oe.OnnxEngine):
             raise RuntimeError(f"tensorrt: {fields['part']}: the build failed (see the log)")
         return bytes(blob)
 
-    def run(self, pixel_values, input_points):
-        """(B,3,1024,1024), (B,1,1,2) float32 on the GPU -> (B,3,256,256) logits, (B,3)."""
-        stream = torch.cuda.current_stream(self.device).cuda_stream
-        pool = {"pixel_values": pixel_values, "input_points": input_points}
-        for label, ctx, ins, outs in self.engines:
-            feeds = {s.name: pool[s.name] for s in ins if s.name in pool}
-            batch = oe.check_tensors(ins, feeds, label, "cuda")
-            for s in outs:
-                pool[s.name] = torch.empty((batch, *s.shape[1:]), dtype=s.dtype, device=self.device)
-            for name, t in (*feeds.items(), *((s.name, pool[s.name]) for s in outs)):
-                if name in feeds and not ctx.set_input_shape(name, tuple(t.shape)):
-                    raise oe.EngineIOError(f"{label}: shape {tuple(t.shape)} of {name} refused")
-                ctx.set_tensor_address(name, t.data_ptr())
-            if not ctx.execute_async_v3(stream):
-                raise RuntimeError(f"{label}: execute_async_v3 failed (see the TensorRT log)")
-        return pool["low_res_masks"].float(), pool["iou_scores"].float()
+    def run_graph(self, graph: str, feeds: dict, outs: list, batch: int) -> dict:
+        ctx, label = self.contexts[graph], f"tensorrt {graph}"
+        got = {
+            s.name: torch.empty((batch, *s.shape[1:]), dtype=s.dtype, device=self.device)
+            for s in outs
+        }
+        for name, t in (*feeds.items(), *got.items()):
+            if name in feeds and not ctx.set_input_shape(name, tuple(t.shape)):
+                raise oe.EngineIOError(f"{label}: shape {tuple(t.shape)} of {name} refused")
+            ctx.set_tensor_address(name, t.data_ptr())
+        if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise RuntimeError(f"{label}: execute_async_v3 failed (see the TensorRT log)")
+        return got
 
     def versions(self) -> dict:
         import tensorrt as trt

@@ -1,12 +1,7 @@
-"""`xtcl`: Kunlunxin XTCL (a TVM fork, not public) compiling samrep's ONNX, as FlagPerf's sam_h.
-
-Never run by samrep's authors: every XTCL call follows FlagPerf's inference_engine/kunlunxin/
-xtcl.py at 98d85df9 (XTCL 2.0.0.67, R200) or upstream TVM's Relay API; "UNVERIFIED" marks the
-calls not checked against XTCL. Torch runs on the CPU (device cpu): run() copies to the XPU and
-back. Fixes of the original: only samrep's own options are read (its engine read a ResNet-50
-key: defect 8); inputs are set by name at the ONNX's dtype, converted by value (defect 3); the
-outputs are named from the ONNX and checked against the contract (defect 4).
-"""
+"""`xtcl`: Kunlunxin XTCL (a TVM fork, not public) compiling samrep's ONNX as FlagPerf's sam_h
+did (inference_engine/kunlunxin/xtcl.py at 98d85df9, XTCL 2.0.0.67); never run by samrep's
+authors ("UNVERIFIED": not checked against XTCL). Torch on the CPU; run() copies to the XPU and
+back. Only its own options are read (defect 8); I/O by name, cast by value (defects 3, 4)."""
 
 from __future__ import annotations
 
@@ -21,12 +16,8 @@ from samrep.backends.base import BackendUnavailable
 from samrep.errors import SamrepError
 
 NOT_INSTALLED = "Kunlunxin XTCL not installed (not public)"
-# The published build (FlagPerf configs/sam_h/vendor_config/kunlunxin_configurations.yaml):
-# FuseWithoutPattern [FuseConv2dTransposeBiasAdd], pattern_match [fuse_attention_sam],
-# disabled_pass [xgraph_layout_opt], opt_level 3, fp16 XPUOutDtypeConfig; set in build().
 ENVIRONMENT = {"XTCL_USE_NEW_ALTER_PASS": "1"}  # FlagPerf's, both precisions
-# FlagPerf's "fp32" also set XTCL_USE_FP16=1 and XTCL_QUANTIZE_WEIGHT=1 (so it ran fp16 with
-# quantized weights); samrep's fp32 does not.
+# FlagPerf's "fp32" also set XTCL_USE_FP16=1, XTCL_QUANTIZE_WEIGHT=1 (fp16, quantized): not here.
 MATH = {"fp16": "XTCL, float16 outputs: the published build", "fp32": "XTCL, no fp16 flags"}
 
 
@@ -44,7 +35,7 @@ class XtclBackend(oe.OnnxEngine):
 
     def __init__(self, device, precision, options, workdir, bs=1):
         super().__init__(device, precision, options, workdir, bs)
-        self.modules, self.math_mode = [], f"{precision} ({MATH[precision]})"
+        self.modules, self.math_mode = {}, f"{precision} ({MATH[precision]})"
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -66,8 +57,8 @@ class XtclBackend(oe.OnnxEngine):
         return None if self.opts.onnx_path else super().export_onnx(model, inputs, force)
 
     def build(self, model, inputs) -> None:
-        """Compile each graph with the published options, static at the row's bs, for the
-        Relay VM (FlagPerf's sam_h executor)."""
+        """Compile each graph with the published options (FlagPerf's kunlunxin_configurations
+        .yaml), static at the row's bs, for the Relay VM (FlagPerf's sam_h executor)."""
         import onnx
         import tvm
         from tvm import relay
@@ -87,40 +78,31 @@ class XtclBackend(oe.OnnxEngine):
         chip = os.environ.get("XPUSIM_DEVICE_MODEL", "KUNLUN1")[-1]  # FlagPerf's VM target
         for graph, path in paths.items():
             proto = onnx.load(str(path))
-            ins, outs = (
-                oe.match_contract(w, declared(proto), f"xtcl {graph}")
-                for w in oe.contract(model.config, graph)
-            )
-            shapes = {s.name: oe.batch_profile(s, self.bs)[1] for s in ins}  # static at bs
+            self.bind_contract(model.config, graph, declared(proto))
+            shapes = {s.name: oe.batch_profile(s, self.bs)[1] for s in self.specs[graph][0]}
             mod, params = relay.frontend.from_onnx(proto, shape=shapes)
             os.environ.update(ENVIRONMENT)  # UNVERIFIED whether XTCL reads it at build or run
+            target = f"llvm -acc=xpu{chip}"
             with tvm.transform.PassContext(3, config=config, disabled_pass=["xgraph_layout_opt"]):
-                target = f"llvm -acc=xpu{chip}"
-                exe = relay.backend.vm.compile(
-                    mod, target=target, target_host=target, params=params
-                )
-            self.modules.append((f"xtcl {graph}", VirtualMachine(exe, dev), ins, outs, dev, tvm))
+                exe = relay.backend.vm.compile(mod, target, target_host=target, params=params)
+            self.modules[graph] = VirtualMachine(exe, dev), dev, tvm
 
-    def run(self, pixel_values, input_points):
-        """(B,3,1024,1024), (B,1,1,2) on the CPU -> (B,3,256,256) logits, (B,3); the copies to
-        and from the XPU are inside."""
-        pool = {"pixel_values": pixel_values, "input_points": input_points}
-        for label, vm, ins, outs, dev, tvm in self.modules:
-            feeds = {s.name: pool[s.name].to(s.dtype) for s in ins}  # by name, by value
-            oe.check_tensors(ins, feeds, label, "cpu")
-            for name, t in feeds.items():
-                vm.set_one_input("main", name, tvm.nd.array(t.numpy(), dev))
-            result = vm.run()  # UNVERIFIED: FlagPerf read vm.get_output(i), upstream returns
-            results = [result] if hasattr(result, "numpy") else list(result)
-            got = {s.name: torch.from_numpy(r.numpy()) for s, r in zip(outs, results, strict=True)}
-            oe.check_tensors(outs, {s.name: got[s.name].to(s.dtype) for s in outs}, label, "cpu")
-            pool.update(got)  # named in the ONNX's output order, then checked by shape
-        return pool["low_res_masks"].float(), pool["iou_scores"].float()
+    def run_graph(self, graph: str, feeds: dict, outs: list, batch: int) -> dict:
+        """On CPU tensors (static shapes: bs); the copies to and from the XPU are inside."""
+        vm, dev, tvm = self.modules[graph]
+        for name, t in feeds.items():
+            vm.set_one_input("main", name, tvm.nd.array(t.numpy(), dev))
+        result = vm.run()  # UNVERIFIED: FlagPerf read vm.get_output(i); upstream returns them
+        results = [result] if hasattr(result, "numpy") else list(result)
+        got = {s.name: torch.from_numpy(r.numpy()) for s, r in zip(outs, results, strict=True)}
+        oe.check_tensors(outs, {s.name: got[s.name].to(s.dtype) for s in outs}, graph, "cpu")
+        return got  # named in the ONNX's output order, checked by dtype and shape
 
     def versions(self) -> dict:
-        import tvm
-
-        return {"torch": torch.__version__, "tvm": tvm.__version__}
+        return {
+            "torch": torch.__version__,
+            "tvm": __import__("tvm").__version__,
+        }
 
 
 def declared(proto) -> dict:
@@ -129,11 +111,9 @@ def declared(proto) -> dict:
 
     weights = {i.name for i in proto.graph.initializer}
     values = [v for v in [*proto.graph.input, *proto.graph.output] if v.name not in weights]
-    dtype = {
-        v.name: getattr(torch, tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name)
-        for v in values
-    }
-    return {
-        v.name: (dtype[v.name], tuple(d.dim_value or None for d in v.type.tensor_type.shape.dim))
-        for v in values
-    }
+    out = {}
+    for v in values:
+        t = v.type.tensor_type
+        dtype = getattr(torch, tensor_dtype_to_np_dtype(t.elem_type).name)
+        out[v.name] = dtype, tuple(d.dim_value or None for d in t.shape.dim)
+    return out
