@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument("wheel", type=Path)
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--sm", type=int, default=90)
-    ap.add_argument("--part-bytes", type=int, default=28_000_000)
+    ap.add_argument("--part-bytes", type=int, default=26_000_000)
+    ap.add_argument("--preset", type=int, default=9, help="xz preset (9 | extreme: smallest)")
     a = ap.parse_args()
     a.outdir.mkdir(parents=True, exist_ok=True)
     slim = a.outdir / "ort.whl"
@@ -73,7 +74,7 @@ def main() -> None:
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
             records.append(f"{info.filename},sha256={digest.decode()},{len(data)}")
         dst.writestr(record_name, "\n".join([*records, f"{record_name},,"]) + "\n")
-    packed = lzma.compress(slim.read_bytes(), preset=6)
+    packed = lzma.compress(slim.read_bytes(), preset=a.preset | lzma.PRESET_EXTREME)
     slim.unlink()
     for old in a.outdir.glob("ort.whl.xz.part*"):
         old.unlink()

@@ -30,23 +30,18 @@ class EngineIOError(SamrepError):
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """One graph or engine input/output: shape[0] is the batch, None where it is dynamic."""
-
+class TensorSpec:  # one graph or engine input/output; shape[0] the batch, None if dynamic
     name: str
     dtype: torch.dtype
     shape: tuple
 
 
 def contract(config, graph: str, batch: int | None = None) -> tuple[list, list]:
-    """(inputs, outputs) of an exported graph: float32 by name whatever the precision inside;
-    `batch` for a static-batch export."""
-    shapes = ex.graph_shapes(config)
-    spec = [
-        [TensorSpec(n, torch.float32, (batch, *shapes[n][1:])) for n in names]
-        for names in ex.GRAPH_IO[graph]
-    ]
-    return spec[0], spec[1]
+    """(inputs, outputs) of an exported graph: float32 whatever is inside; `batch` if static."""
+    shapes, (ins, outs) = ex.graph_shapes(config), ex.GRAPH_IO[graph]
+    return tuple(
+        [TensorSpec(n, torch.float32, (batch, *shapes[n][1:])) for n in g] for g in (ins, outs)
+    )
 
 
 def match_contract(want: list, got: dict[str, tuple], label: str) -> list:
@@ -84,21 +79,17 @@ def check_tensors(specs: list, feeds: dict, label: str, device: str) -> int:
 
 def batch_profile(spec: TensorSpec, bs: int) -> tuple[tuple, tuple, tuple]:
     """(min, opt, max) shapes for the row's bs: batch 1..bs, opt bs (static: must be bs)."""
-    rest = tuple(spec.shape[1:])
-    if spec.shape[0] is None:
-        return (1, *rest), (bs, *rest), (bs, *rest)
-    if spec.shape[0] != bs:
-        raise EngineIOError(f"'{spec.name}' has a static batch {spec.shape[0]}, the row bs {bs}")
-    return (bs, *rest), (bs, *rest), (bs, *rest)
+    rest, b = tuple(spec.shape[1:]), spec.shape[0]
+    if b is not None and b != bs:
+        raise EngineIOError(f"'{spec.name}' has a static batch {b}, the row bs {bs}")
+    return (b or 1, *rest), (bs, *rest), (bs, *rest)
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype) if t.dtype == torch.float32 and dtype.is_floating_point else t
 
 
-class EngineOptions(BaseModel):
-    """The export options every ONNX-built engine shares."""
-
+class EngineOptions(BaseModel):  # the export options every ONNX-built engine shares
     model_config = ConfigDict(extra="forbid", frozen=True)
     part: Literal["split", "whole"] = Field("split", description="encoder + decoder, or one")
     opset: int = Field(17, ge=17, description="ONNX opset (>= 17: LayerNormalization one node)")
@@ -119,21 +110,20 @@ class OnnxEngine(Backend):
         self.specs: dict[str, tuple[list, list]] = {}  # graph -> the engine's (inputs, outputs)
 
     def bind_contract(self, config, graph: str, declared: dict) -> None:
-        """Check what the engine of `graph` declares ({name: (dtype, shape)}) against the
-        contract and keep it: `run` checks every tensor it binds against that."""
+        """Check the engine's declared {name: (dtype, shape)} against the contract; keep it."""
         want = contract(config, graph, None if self.opts.dynamic_batch else self.bs)
         label = f"{self.name} {graph}"
         self.specs[graph] = tuple(match_contract(w, declared, label) for w in want)
 
     def run(self, pixel_values, input_points):
-        """(B,3,1024,1024), (B,1,1,2) float32 on the device -> (B,3,256,256) logits, (B,3): the
-        graphs in order, each fed by name from the tensors so far (float32 cast by value where
-        the engine takes fp16: never a reinterpretation of bytes), each input checked first."""
+        """(B,3,1024,1024), (B,1,1,2) float32 -> (B,3,256,256) logits, (B,3): graphs in order,
+        fed by name (cast by value where one takes fp16), every input checked first."""
         pool = {"pixel_values": pixel_values, "input_points": input_points}
         for graph, (ins, outs) in self.specs.items():
             feeds = {s.name: _cast(pool[s.name], s.dtype) for s in ins}
             batch = check_tensors(ins, feeds, f"{self.name} {graph}", self.device.type)
             pool.update(self.run_graph(graph, feeds, outs, batch))
+        self.last_embeddings = pool.get("image_embeddings")  # spares the harness an encoder pass
         return pool["low_res_masks"].float(), pool["iou_scores"].float()
 
     def run_graph(self, graph: str, feeds: dict, outs: list, batch: int) -> dict:

@@ -1,11 +1,10 @@
-"""`onnxruntime`: samrep's ONNX export in ONNX Runtime, one session per graph; CPU fp32, or CUDA
-(`onnxruntime-gpu`) fp32 (TF32 off), tf32, fp16 (the fp16 encoder graph). On CUDA, torch tensors
-are bound by name and ORT computes on a torch stream of its own, ordered after torch's current
-stream (where the core region copied the inputs, non_blocking) and before it again. ORT ignores
-a `user_compute_stream` of 0 (torch's default stream) and runs on a non-blocking stream of its
-own, unordered with torch's copies: the wrong fp16 masks. ORT allocates through torch's caching
-allocator (`allocator: torch`, the row's framework peak is then ORT's need) or an arena grown as
-requested (`allocator: arena`, optionally limited)."""
+"""`onnxruntime`: samrep's export in ONNX Runtime, a session per graph: CPU fp32; CUDA fp32 (TF32
+off), tf32, fp16. On CUDA torch tensors are bound by name and ORT runs on a torch stream of its
+own, ordered after torch's current one (where the inputs were copied, non_blocking) and before
+it again: ORT reads a `user_compute_stream` of 0 (torch's default stream) as none and runs on a
+non-blocking stream of its own, unordered with those copies (the wrong fp16 masks). ORT
+allocates through torch's caching allocator (the row's framework peak is its need) or an arena
+grown as requested (`allocator: arena`, optionally limited)."""
 
 from __future__ import annotations
 
@@ -50,7 +49,8 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         super().__init__(device, precision, options, workdir, bs)
         if self.opts.cuda_graph and (self.opts.allocator == "torch" or self.opts.dynamic_batch):
             raise ValueError("onnxruntime: options.cuda_graph: needs allocator arena, static batch")
-        self.sessions, self.buffers, self.stream = {}, {}, None
+        self.sessions, self.buffers, self.stream, self.held = {}, {}, None, {}
+        self.now = self.peak = 0  # bytes ORT holds through torch's allocator, and its peak
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -80,15 +80,20 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         if o.gpu_mem_limit_gib:
             cuda["gpu_mem_limit"] = int(o.gpu_mem_limit_gib * 2**30)
         if o.allocator == "torch":  # ORT's buffers from torch's caching allocator, on ORT's stream
-            alloc = torch.cuda.caching_allocator_alloc
-            self._fns = ALLOC(lambda n: alloc(n, index, self.stream) if n else 0), FREE(self._free)
+            self._fns = ALLOC(self._alloc), FREE(self._free)
             for key, fn in zip(("gpu_external_alloc", "gpu_external_free"), self._fns, strict=True):
                 cuda[key] = str(ctypes.cast(fn, ctypes.c_void_p).value)
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
-    @staticmethod
-    def _free(ptr: int) -> None:
+    def _alloc(self, n: int) -> int:  # counted: ORT's own peak
+        ptr = torch.cuda.caching_allocator_alloc(n, self.device.index or 0, self.stream) if n else 0
+        self.held[ptr], self.now = n, self.now + n
+        self.peak = max(self.peak, self.now)
+        return ptr
+
+    def _free(self, ptr: int) -> None:
         if ptr:
+            self.now -= self.held.pop(ptr, 0)
             torch.cuda.caching_allocator_delete(ptr)
 
     def build(self, model, inputs) -> None:
@@ -105,10 +110,10 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
             label = f"onnxruntime {graph} graph"
             if self.stream is not None and "CUDAExecutionProvider" not in s.get_providers():
                 raise BackendUnavailable(f"{label}: no CUDA provider (CUDA/cuDNN libraries?)")
-            io = s.get_inputs() + s.get_outputs()
-            self.bind_contract(
-                model.config, graph, {a.name: (ORT_DTYPES.get(a.type), a.shape) for a in io}
-            )
+            io = {
+                a.name: (ORT_DTYPES.get(a.type), a.shape) for a in s.get_inputs() + s.get_outputs()
+            }
+            self.bind_contract(model.config, graph, io)
         self.math_mode = MATH[self.precision] if self.stream is not None else "fp32"
         log(f"onnxruntime: {', '.join(self.sessions)} ({self.math_mode}, {self.opts.allocator})")
         if self.stream is not None:
@@ -120,40 +125,28 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         if self.stream is None:  # the CPU: through numpy
             got = session.run([s.name for s in outs], {k: v.numpy() for k, v in feeds.items()})
             return {s.name: torch.from_numpy(a) for s, a in zip(outs, got, strict=True)}
-        binding, dev, graph_mode = (
-            session.io_binding(),
-            self.device.index or 0,
-            self.opts.cuda_graph,
-        )
-        bound = {**feeds, **{s.name: None for s in outs}}
-        for name, t in bound.items():  # outputs allocated on torch's stream, which reads them
-            spec = next(s for s in outs if s.name == name) if t is None else None
-            if graph_mode or t is None:
-                shape, dtype = (
-                    (t.shape, t.dtype) if t is not None else ((batch, *spec.shape[1:]), spec.dtype)
-                )
-                buf = torch.empty(shape, dtype=dtype, device=self.device)
-                if graph_mode:  # a CUDA graph replays fixed addresses: persistent buffers
-                    buf = self.buffers.setdefault(name, buf)
-                bound[name] = t = buf if t is None else buf.copy_(t)
-            bind = binding.bind_output if spec is not None else binding.bind_input
-            bind(name, "cuda", dev, NP_DTYPES[t.dtype], list(t.shape), t.data_ptr())
+        got = {s.name: self._buffer(s.name, (batch, *s.shape[1:]), s.dtype) for s in outs}
+        if self.opts.cuda_graph:  # a CUDA graph replays fixed addresses: inputs into buffers
+            feeds = {k: self._buffer(k, t.shape, t.dtype).copy_(t) for k, t in feeds.items()}
+        binding, dev = session.io_binding(), self.device.index or 0
+        for bind, tensors in ((binding.bind_input, feeds), (binding.bind_output, got)):
+            for name, t in tensors.items():
+                bind(name, "cuda", dev, NP_DTYPES[t.dtype], list(t.shape), t.data_ptr())
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)  # after torch's copies and casts of the inputs
         session.run_with_iobinding(binding, self.run_options)
         current.wait_stream(self.stream)  # torch reads the outputs after ORT wrote them
-        return {s.name: bound[s.name].clone() if graph_mode else bound[s.name] for s in outs}
+        return {k: v.clone() for k, v in got.items()} if self.opts.cuda_graph else got
+
+    def _buffer(self, name: str, shape, dtype) -> torch.Tensor:  # on torch's (reading) stream
+        t = torch.empty(shape, dtype=dtype, device=self.device)
+        return self.buffers.setdefault(name, t) if self.opts.cuda_graph else t
 
     def framework_peak_gib(self) -> float | None:
-        """ORT's own peak, GiB (torch's, holding ORT's buffers); None with ORT's arena."""
-        if self.stream is None or self.opts.allocator != "torch":
-            return None
-        return torch.cuda.max_memory_allocated(self.device) / 2**30
+        """ORT's own peak, GiB, counted in its allocator callbacks; None with ORT's arena."""
+        return self.peak / 2**30 if self.held or self.peak else None
 
     def versions(self) -> dict:
-        import onnx
-        import onnxruntime as ort
-
-        v = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__}
+        v = {m: __import__(m).__version__ for m in ("onnxruntime", "onnx", "torch")}
         v["providers"] = {g: s.get_providers()[0] for g, s in self.sessions.items()}
         return {**v, "options": self.opts.model_dump()}

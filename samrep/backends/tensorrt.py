@@ -45,12 +45,9 @@ class TensorRTBackend(oe.OnnxEngine):
         if precision == "tf32" and options.get("allow_tf32") is False:
             raise ValueError("tensorrt: options.allow_tf32: false contradicts precision tf32")
         self.tf32, self.contexts, self.built = precision == "tf32" or self.opts.allow_tf32, {}, {}
-        tf32 = "TF32 allowed" if self.tf32 else "TF32 off"
-        self.math_mode = f"fp32 ({tf32})"
-        if precision in FLAGS:
-            kept = ", ".join(x.lower() for x in self.opts.fp32_layers)
-            dec = self.part_precision("decoder")
-            self.math_mode = f"{precision} image encoder ({kept} fp32), {dec} decoder, {tf32}"
+        tf32, kept = "TF32 allowed" if self.tf32 else "TF32 off", ", ".join(self.opts.fp32_layers)
+        low = f"{precision} image encoder ({kept.lower()} fp32), {self.part_precision('decoder')} "
+        self.math_mode = f"{low}decoder, {tf32}" if precision in FLAGS else f"fp32 ({tf32})"
 
     def graph_precision(self) -> str:
         return "fp32"  # reduced precision is a builder flag: TensorRT places it, fp32 kept apart
@@ -152,7 +149,5 @@ class TensorRTBackend(oe.OnnxEngine):
         return got
 
     def versions(self) -> dict:
-        import tensorrt as trt
-
-        v = {"tensorrt": trt.__version__, "torch": torch.__version__, "engines": self.built}
-        return {**v, "options": self.opts.model_dump()}
+        v = {"tensorrt": __import__("tensorrt").__version__, "torch": torch.__version__}
+        return {**v, "engines": self.built, "options": self.opts.model_dump()}

@@ -15,7 +15,6 @@ from samrep.backends import onnx_engine as oe
 from samrep.backends.base import BackendUnavailable
 from samrep.errors import SamrepError
 
-NOT_INSTALLED = "Kunlunxin XTCL not installed (not public)"
 ENVIRONMENT = {"XTCL_USE_NEW_ALTER_PASS": "1"}  # FlagPerf's, both precisions
 # FlagPerf's "fp32" also set XTCL_USE_FP16=1, XTCL_QUANTIZE_WEIGHT=1 (fp16, quantized): not here.
 MATH = {"fp16": "XTCL, float16 outputs: the published build", "fp32": "XTCL, no fp16 flags"}
@@ -40,16 +39,15 @@ class XtclBackend(oe.OnnxEngine):
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
         why = [] if precision in cls.precisions else [f"xtcl has no {precision} mode"]
+        if device != "cpu":
+            why.append(f"xtcl runs its own XPU runtime with torch on the CPU, not {device}")
         try:
             import tvm
             from tvm.contrib import xpu_config  # noqa: F401  (Kunlunxin's extension)
 
-            if not tvm.device("xpu", 0).exist:  # UNVERIFIED: upstream TVM's Device API
-                why.append("no Kunlunxin XPU visible to XTCL")
+            why += [] if tvm.device("xpu", 0).exist else ["no Kunlunxin XPU visible"]  # UNVERIFIED
         except ImportError as exc:
-            why.insert(0, f"{NOT_INSTALLED} ({exc})")
-        if device != "cpu":
-            why.append(f"xtcl runs its own XPU runtime with torch on the CPU, not {device}")
+            why.insert(0, f"Kunlunxin XTCL not installed (not public) ({exc})")
         if why:
             raise BackendUnavailable("; ".join(why))
 
