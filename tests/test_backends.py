@@ -8,12 +8,16 @@ Measured on the tiny model (CPU, fp32) against the eager `torch` backend: onnxru
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
+import pydantic
 import pytest
 import torch
 import yaml
 
 from samrep.backends import BACKENDS, BackendUnavailable, get_backend
+from samrep.backends.onnx_engine import MIN_ACC, EngineCheckFailed, EngineIOError
+from samrep.backends.onnxruntime import OnnxRuntimeBackend, stream_option
 from samrep.data import ModelInputs
 from samrep.errors import SamrepError
 from samrep.export import example_batch
@@ -95,7 +99,7 @@ def test_onnxruntime_without_cuda_provider_is_unavailable_on_cuda():
 
     if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
         pytest.skip("this onnxruntime has a CUDA execution provider")
-    with pytest.raises(BackendUnavailable, match="no CUDA execution provider"):
+    with pytest.raises(BackendUnavailable, match="no CUDA provider in this onnxruntime"):
         get_backend("onnxruntime").check_available("cuda", "fp32")
 
 
@@ -105,23 +109,43 @@ def test_onnxruntime_cpu_runs_fp32_only(precision):
         get_backend("onnxruntime").check_available("cpu", precision)
 
 
-def test_onnxruntime_rejects_unknown_options(tmp_path):
-    with pytest.raises(ValueError, match="known: part"):
-        get_backend("onnxruntime")("cpu", "fp32", {"fp16_layernorm": True}, tmp_path)
+def test_onnxruntime_rejects_bad_options(tmp_path):
+    cls = get_backend("onnxruntime")
+    with pytest.raises(pydantic.ValidationError, match="fp16_layernorm"):
+        cls("cpu", "fp32", {"fp16_layernorm": True}, tmp_path)
+    with pytest.raises(pydantic.ValidationError, match="gpu_mem_limit_gib"):
+        cls("cuda", "fp16", {"allocator": "arena", "gpu_mem_limit_gib": 0}, tmp_path)
+    with pytest.raises(ValueError, match="cuda_graph: needs allocator arena, static batch"):
+        cls("cuda", "fp16", {"cuda_graph": True}, tmp_path)
 
 
-def test_onnxruntime_matches_torch(model, inputs, batch2, reference, tmp_path):
-    backend = get_backend("onnxruntime")("cpu", "fp32", {}, tmp_path, bs=2)
+def test_ort_is_never_given_torchs_default_stream():
+    """ORT reads user_compute_stream 0 (the handle of torch's default stream) as "none" and then
+    runs on a non-blocking stream of its own, unordered with torch's non_blocking input copies:
+    the wrong fp16 masks of issue 12. The backend gives ORT a stream of its own, never 0."""
+    with pytest.raises(ValueError, match="user_compute_stream 0"):
+        stream_option(0)
+    assert stream_option(0x7F00DEAD) == str(0x7F00DEAD)
+
+
+@pytest.fixture(scope="module")
+def ort_cpu(model, inputs, tmp_path_factory):
+    backend = get_backend("onnxruntime")("cpu", "fp32", {}, tmp_path_factory.mktemp("ort"), bs=2)
     backend.check_available("cpu", "fp32")
     backend.build(model, inputs)
-    assert backend.math_mode == "fp32"
-    v = backend.versions()
-    assert v["providers"] == {"encoder": "CPUExecutionProvider", "decoder": "CPUExecutionProvider"}
+    return backend
+
+
+def test_onnxruntime_matches_torch(ort_cpu, batch2, reference):
+    assert ort_cpu.math_mode == "fp32" and ort_cpu.verify  # the engine check exists
+    assert ort_cpu.versions()["providers"] == {"encoder": "CPUExecutionProvider"} | {
+        "decoder": "CPUExecutionProvider"
+    }
     for batch in (2, 1):  # one export, dynamic batch
         pixel_values, input_points = (t[:batch] for t in batch2)
-        assert_matches(backend.run(pixel_values, input_points), reference, batch)
-    with pytest.raises(TypeError, match="float32"):
-        backend.run(batch2[0].double(), batch2[1])
+        assert_matches(ort_cpu.run(pixel_values, input_points), reference, batch)
+    with pytest.raises(EngineIOError, match="'pixel_values': dtype torch.float64"):
+        ort_cpu.run(batch2[0].double(), batch2[1])
 
 
 def test_onnxruntime_whole_graph_matches_torch(model, inputs, batch2, reference, tmp_path):
@@ -129,6 +153,52 @@ def test_onnxruntime_whole_graph_matches_torch(model, inputs, batch2, reference,
     backend.build(model, inputs)
     assert list(backend.sessions) == ["model"]
     assert_matches(backend.run(*batch2), reference, 2)
+
+
+# ---------------------------------------------------------------- the engine check
+
+
+@pytest.fixture(scope="module")
+def ground_truth(model, inputs):
+    """A ground truth duck-typed as samrep.groundtruth.GroundTruth: the fp32 PyTorch masks of
+    the sample at a small original size (the check's arithmetic does not depend on it)."""
+    small = ModelInputs(inputs.pixel_values, inputs.input_points, (300, 450), (683, 1024))
+    with torch.no_grad():
+        out = model(pixel_values=small.pixel_values, input_points=small.input_points)
+    masks = postprocess_masks(out.pred_masks[:, 0], small.reshaped_size, small.original_size)[0]
+    return SimpleNamespace(inputs=small, masks=masks, order=[0, 1, 2])
+
+
+def test_engine_check_passes_a_right_engine(ort_cpu, ground_truth):
+    record = ort_cpu.verify(ground_truth)
+    assert record["acc"] >= 0.9999 and record["threshold"] == MIN_ACC["fp32"] == 0.999
+    assert record["bs"] == 2 and set(record) == {"acc", "iou", "threshold", "bs"}
+
+
+class EarlyReader(OnnxRuntimeBackend):
+    """Reads its input buffers before torch's copy into them landed (what ORT on a stream of its
+    own did): the engine check poisons them with NaN before the copy, so it sees NaN."""
+
+    def run(self, pixel_values, input_points):
+        return super().run(torch.full_like(pixel_values, float("nan")), input_points)
+
+
+class WrongBinding(OnnxRuntimeBackend):
+    """Binds the image of another batch entry (a batch-axis / binding mix-up)."""
+
+    def run(self, pixel_values, input_points):
+        return super().run(pixel_values.flip(-1), input_points)
+
+
+@pytest.mark.parametrize("cls", [EarlyReader, WrongBinding])
+def test_engine_check_fails_a_wrong_engine_with_both_figures(ort_cpu, ground_truth, cls):
+    wrong = cls.__new__(cls)
+    wrong.__dict__.update(ort_cpu.__dict__)  # the same built sessions, another run()
+    with pytest.raises(EngineCheckFailed) as err:
+        wrong.verify(ground_truth)
+    message = str(err.value)
+    acc = float(message.split("acc ")[1].split(" ")[0])
+    assert acc < 0.999 and "< 0.999" in message and "onnxruntime fp32 bs 2" in message
 
 
 # ---------------------------------------------------------------- inductor
@@ -192,4 +262,4 @@ def test_evaluate_onnxruntime_row_and_a_not_run_row(params_path):
     assert ok["scores"]["acc"] >= MIN_AGREEMENT  # ground truth is PyTorch fp32 on these weights
     assert ok["math_mode"] == "fp32" and "onnxruntime" in ok["versions"]
     assert (params.data_path / "engines" / "onnx").is_dir()  # the export cache, per hw
-    assert not_run["status"] == "not_run" and "TF32" in not_run["reason"]
+    assert not_run["status"] == "not_run" and "fp32 only, not tf32" in not_run["reason"]

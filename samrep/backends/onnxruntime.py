@@ -1,83 +1,56 @@
-"""`onnxruntime`: samrep's ONNX export (samrep.export) run by ONNX Runtime.
-
-Build = export (cached under `<workdir>/onnx/`, checked against PyTorch) + one InferenceSession
-per graph: encoder then decoder (part "split", the default) or the one whole-model graph.
-Inputs and outputs are bound by name, and their dtype (float32) is checked, never by position
-or byte count (the original harness's defects 3 and 4).
-
-Execution providers:
-* device "cpu": CPUExecutionProvider, fp32 only. fp16 is not a CPU compute precision here (the
-  base class says so for every backend), TF32 is a CUDA math mode, and bf16 is not exported
-  (samrep.export: ONNX Conv has no bf16 before opset 22, and ORT lacks bf16 kernels for it).
-* device "cuda": CUDAExecutionProvider (option provider "cuda", the default), fp32 with TF32
-  off (`use_tf32=0`), tf32 (`use_tf32=1`) or fp16 (the encoder graph exported in fp16, decoder
-  fp32). TensorrtExecutionProvider with option provider "tensorrt": it cannot turn TensorRT's
-  TF32 off and, with fp16 enabled, may run any layer in fp16, so its math_mode says so; the
-  `tensorrt` backend is the controlled TensorRT path. Tensors stay on the GPU: inputs and
-  outputs are torch CUDA tensors bound through io_binding, and ORT runs on torch's current
-  stream (`user_compute_stream`), so no copies and no extra syncs. A pip `onnxruntime` wheel
-  has no CUDA provider: the row is then "not run" (install `onnxruntime-gpu`).
-"""
+"""`onnxruntime`: samrep's export in ONNX Runtime, a session per graph: CPU fp32; CUDA fp32 (TF32
+off), tf32, fp16. On CUDA torch tensors are bound by name and ORT runs on a torch stream of its
+own, ordered after torch's current one (where the inputs were copied, non_blocking) and before
+it again: ORT reads a `user_compute_stream` of 0 (torch's default stream) as none and runs on a
+non-blocking stream of its own, unordered with those copies (the wrong fp16 masks). ORT
+allocates through torch's caching allocator (the row's framework peak is its need) or an arena
+grown as requested (`allocator: arena`, optionally limited)."""
 
 from __future__ import annotations
 
+import ctypes
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 
-from samrep.backends.base import Backend, BackendUnavailable
-from samrep.backends.torch_eager import math_mode
-from samrep.export import (
-    DECODER,
-    ENCODER,
-    GRAPH_IO,
-    IMAGE_EMBEDDINGS,
-    INPUT_POINTS,
-    PIXEL_VALUES,
-    WHOLE,
-    export_precision,
-    graph_shapes,
-)
+from samrep.backends import onnx_engine as oe
+from samrep.backends.base import BackendUnavailable
 from samrep.progress import log
 
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-# option -> (default, meaning)
-OPTIONS = {
-    "part": ("split", "'split' (encoder + decoder sessions) or 'whole' (one graph, as published)"),
-    "opset": (17, "ONNX opset of the export (>= 17: LayerNormalization stays one node)"),
-    "dynamic_batch": (True, "export with a dynamic batch axis (else fixed at the row's bs)"),
-    "exporter": ("auto", "'auto' (torchscript, then dynamo), 'torchscript' or 'dynamo'"),
-    "check_batch": (2, "images in the export's ONNX Runtime vs PyTorch check (dynamic batch)"),
-    "provider": ("cuda", "on CUDA: 'cuda' (CUDAExecutionProvider) or 'tensorrt' (TensorRT EP)"),
-    "io_binding": (True, "on CUDA: bind torch GPU tensors by name (else copy through numpy)"),
-    "threads": (0, "CPU: intra-op threads (0 = ONNX Runtime's default, one per core)"),
-}
+ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
+ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)  # ORT's gpu_external_alloc
+FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+MATH = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmuls"}
+MATH["fp16"] = "fp16 image encoder, fp32 prompt encoder + mask decoder"
 
 
-def resolve_options(options: dict) -> dict:
-    """`options` completed with the defaults; an unknown key or bad value is a ValueError."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"onnxruntime: options.{unknown[0]}: unknown option (known: {', '.join(OPTIONS)})"
-        )
-    out = {k: options.get(k, default) for k, (default, _) in OPTIONS.items()}
-    if out["part"] not in ("split", "whole"):
-        raise ValueError(f"onnxruntime: options.part: '{out['part']}' is not split or whole")
-    if out["provider"] not in ("cuda", "tensorrt"):
-        raise ValueError(f"onnxruntime: options.provider: '{out['provider']}' is not cuda/tensorrt")
-    return out
+class OrtOptions(oe.EngineOptions):
+    allocator: Literal["torch", "arena"] = Field("torch", description="CUDA: ORT's allocations")
+    gpu_mem_limit_gib: float | None = Field(None, gt=0, description="CUDA arena limit, GiB")
+    cuda_graph: bool = Field(False, description="CUDA graphs (arena, static batch, all on CUDA)")
 
 
-class OnnxRuntimeBackend(Backend):
-    uses_onnx = True
-    persistent_build = True
+def stream_option(handle: int) -> str:
+    """The `user_compute_stream` value of a CUDA stream; 0 is refused: ORT reads it as "none"."""
+    if not handle:
+        raise ValueError("ORT reads user_compute_stream 0 (torch's default) as none: no order")
+    return str(handle)
+
+
+class OnnxRuntimeBackend(oe.OnnxEngine):
     name = "onnxruntime"
     precisions = ("fp32", "tf32", "fp16")
+    Options = OrtOptions
 
     def __init__(self, device, precision, options, workdir, bs=1):
         super().__init__(device, precision, options, workdir, bs)
-        self.settings = resolve_options(self.options)
-        self.sessions: dict = {}
+        if self.opts.cuda_graph and (self.opts.allocator == "torch" or self.opts.dynamic_batch):
+            raise ValueError("onnxruntime: options.cuda_graph: needs allocator arena, static batch")
+        self.sessions, self.buffers, self.stream, self.held = {}, {}, None, {}
+        self.now = self.peak = 0  # bytes ORT holds through torch's allocator, and its peak
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -87,199 +60,93 @@ class OnnxRuntimeBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from exc
         have = ort.get_available_providers()
-        if device == "cpu":
-            if precision != "fp32":
-                raise BackendUnavailable(
-                    f"onnxruntime on the CPU runs fp32 only ({precision}: TF32 is a CUDA math "
-                    "mode; CPU fp16/bf16 are not offered)"
-                )
-        elif not set(GPU_PROVIDERS) & set(have):
-            raise BackendUnavailable(
-                f"onnxruntime build has no CUDA execution provider (has: {', '.join(have)}); "
-                "install onnxruntime-gpu"
-            )
+        if device == "cpu" and precision != "fp32":
+            raise BackendUnavailable(f"onnxruntime on the CPU runs fp32 only, not {precision}")
+        if device == "cuda" and "CUDAExecutionProvider" not in have:
+            raise BackendUnavailable(f"no CUDA provider in this onnxruntime ({have}): README")
 
-    # -- build
+    def check_providers(self) -> list:  # an fp16 graph is checked on the GPU: ORT CPU fp16 is slow
+        gpu = self.device.type == "cuda" and self.precision == "fp16"
+        return ["CUDAExecutionProvider"] * gpu + ["CPUExecutionProvider"]
 
     def _providers(self) -> list:
-        """The provider list for every session of this row (GPU first, CPU as ORT's fallback)."""
         if self.device.type == "cpu":
             return ["CPUExecutionProvider"]
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        cuda = {
-            "device_id": index,
-            # fp32 means fp32 (the original's "fp32" engine ran TF32: defect 2)
-            "use_tf32": int(self.precision == "tf32"),
-            # ORT computes on torch's stream: the H2D copy before run() is ordered before it
-            "user_compute_stream": str(torch.cuda.current_stream(self.device).cuda_stream),
-        }
-        providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-        if self.settings["provider"] == "tensorrt":
-            cache = self.workdir / "onnxruntime-trt"
-            cache.mkdir(parents=True, exist_ok=True)
-            trt = {
-                "device_id": index,
-                "trt_fp16_enable": self.precision == "fp16",
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache),
-                "user_compute_stream": cuda["user_compute_stream"],
-            }
-            providers.insert(0, ("TensorrtExecutionProvider", trt))
-        return providers
+        o, index = self.opts, self.device.index or 0
+        self.stream = torch.cuda.Stream(self.device)  # ORT's own, never torch's default (0)
+        cuda = {"device_id": index, "user_compute_stream": stream_option(self.stream.cuda_stream)}
+        cuda.update(use_tf32=int(self.precision == "tf32"), enable_cuda_graph=int(o.cuda_graph))
+        cuda["arena_extend_strategy"] = "kSameAsRequested"  # not the next power of two
+        if o.gpu_mem_limit_gib:
+            cuda["gpu_mem_limit"] = int(o.gpu_mem_limit_gib * 2**30)
+        if o.allocator == "torch":  # ORT's buffers from torch's caching allocator, on ORT's stream
+            self._fns = ALLOC(self._alloc), FREE(self._free)
+            for key, fn in zip(("gpu_external_alloc", "gpu_external_free"), self._fns, strict=True):
+                cuda[key] = str(ctypes.cast(fn, ctypes.c_void_p).value)
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
-    def export_onnx(self, model, inputs, force: bool = False):
-        """The cached ONNX export this backend's sessions open (see samrep.export)."""
-        from samrep.export import export_sam
-        from samrep.model import weights_sha256
+    def _alloc(self, n: int) -> int:  # counted: ORT's own peak
+        ptr = torch.cuda.caching_allocator_alloc(n, self.device.index or 0, self.stream) if n else 0
+        self.held[ptr], self.now = n, self.now + n
+        self.peak = max(self.peak, self.now)
+        return ptr
 
-        s = self.settings
-        fp32_graph = export_precision(self.precision) == "fp32"
-        self.export_info = export_sam(
-            model,
-            weights_sha256(model),
-            self.workdir,
-            precision=self.precision,
-            opset=s["opset"],
-            part=s["part"],
-            dynamic_batch=s["dynamic_batch"],
-            # static: built and checked at the row's bs; dynamic: checked at check_batch
-            # (default 2, where a batch-axis bug would show)
-            batch=s["check_batch"] if s["dynamic_batch"] else self.bs,
-            exporter=s["exporter"],
-            example=None if inputs is None else (inputs.pixel_values, inputs.input_points),
-            # An fp32 graph is checked exactly: PyTorch and ORT on the CPU (shared by the fp32
-            # and tf32 rows, whose engine math then differs). An fp16 graph is traced and
-            # checked on the GPU, with this row's providers (CPU fp16 is slow).
-            device="cpu" if fp32_graph else self.device,
-            check_providers=["CPUExecutionProvider"] if fp32_graph else self._providers(),
-            force=force,
-        )
-        return self.export_info
+    def _free(self, ptr: int) -> None:
+        if ptr:
+            self.now -= self.held.pop(ptr, 0)
+            torch.cuda.caching_allocator_delete(ptr)
 
     def build(self, model, inputs) -> None:
-        """Export (or reuse) the ONNX graphs, open one session per graph, check the providers.
-
-        `model`: fp32 SamModel on the CPU; `inputs`: samrep.data.ModelInputs (batch 1), the
-        example the export traces and checks with. On CUDA one batch of the row's bs runs here,
-        so cuDNN's algorithm search (and the TensorRT EP's engine build) counts as build time.
-        """
+        """Export (or reuse), one session per graph, its I/O checked against the contract; on
+        CUDA one batch of bs runs here (cuDNN's search and any graph capture are build time)."""
         import onnxruntime as ort
 
-        s = self.settings
-        providers = self._providers()
-        cpu = self.device.type == "cpu"
-        self.export_onnx(model, inputs)
-        so = ort.SessionOptions()
+        so, providers = ort.SessionOptions(), self._providers()
         so.log_severity_level = 3
-        if s["threads"]:
-            so.intra_op_num_threads = int(s["threads"])
-        self.sessions = {
-            graph: ort.InferenceSession(str(path), sess_options=so, providers=providers)
-            for graph, path in self.export_info.paths.items()
-        }
-        for graph, session in self.sessions.items():
-            self._check_io(graph, session)
-            used = session.get_providers()
-            if not cpu and not set(GPU_PROVIDERS) & set(used):
-                # ORT falls back to the CPU silently when the CUDA libraries fail to load.
-                raise BackendUnavailable(
-                    f"onnxruntime could not start a CUDA provider for the {graph} graph (session "
-                    f"providers: {', '.join(used)}; CUDA/cuDNN libraries missing?)"
-                )
-        self.shapes = graph_shapes(model.config)
-        self.math_mode = self._math_mode()
-        log(
-            f"onnxruntime: {', '.join(self.sessions)} on "
-            f"{self.sessions[next(iter(self.sessions))].get_providers()[0]} ({self.math_mode})"
-        )
-        if not cpu:
-            pv = inputs.pixel_values.expand(self.bs, -1, -1, -1).contiguous().to(self.device)
-            pts = inputs.input_points.expand(self.bs, -1, -1, -1).contiguous().to(self.device)
-            self.run(pv, pts)
+        self.run_options = ort.RunOptions()  # ordered with torch by stream events, no host sync
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        for graph, path in self.export_onnx(model, inputs).paths.items():
+            s = self.sessions[graph] = ort.InferenceSession(str(path), so, providers=providers)
+            label = f"onnxruntime {graph} graph"
+            if self.stream is not None and "CUDAExecutionProvider" not in s.get_providers():
+                raise BackendUnavailable(f"{label}: no CUDA provider (CUDA/cuDNN libraries?)")
+            io = {
+                a.name: (ORT_DTYPES.get(a.type), a.shape) for a in s.get_inputs() + s.get_outputs()
+            }
+            self.bind_contract(model.config, graph, io)
+        self.math_mode = MATH[self.precision] if self.stream is not None else "fp32"
+        log(f"onnxruntime: {', '.join(self.sessions)} ({self.math_mode}, {self.opts.allocator})")
+        if self.stream is not None:
+            pair = (inputs.pixel_values, inputs.input_points)
+            self.run(*(t.expand(self.bs, *t.shape[1:]).contiguous().to(self.device) for t in pair))
 
-    def _check_io(self, graph: str, session) -> None:
-        """Every input/output the graph contract names is there, float32."""
-        want_in, want_out = GRAPH_IO[graph]
-        have = {a.name: a for a in list(session.get_inputs()) + list(session.get_outputs())}
-        for name in want_in + want_out:
-            if name not in have:
-                raise RuntimeError(f"onnxruntime: {graph} graph has no '{name}' ({list(have)})")
-            if have[name].type != "tensor(float)":
-                raise RuntimeError(
-                    f"onnxruntime: {graph} graph '{name}' is {have[name].type}, not tensor(float)"
-                )
-
-    def _math_mode(self) -> str:
-        base = math_mode(self.device.type, self.precision)
-        if self.device.type == "cpu":
-            return base
-        if self.settings["provider"] == "tensorrt":
-            extra = "TF32 allowed (TensorRT default)"
-            if self.precision == "fp16":
-                extra += ", fp16 allowed in any layer"
-            return f"{base}; TensorRT EP: {extra}"
-        return base
-
-    # -- run
-
-    def run(self, pixel_values, input_points):
-        """(B,3,1024,1024) f32, (B,1,1,2) f32 on the device -> (B,3,256,256) f32 logits,
-        (B,3) f32 IoU, on the device."""
-        for name, t in ((PIXEL_VALUES, pixel_values), (INPUT_POINTS, input_points)):
-            if t.dtype != torch.float32:  # never reinterpret another dtype's bytes (defect 3)
-                raise TypeError(f"onnxruntime: {name} must be float32, got {t.dtype}")
-        if ENCODER in self.sessions:
-            (emb,) = self._run(ENCODER, {PIXEL_VALUES: pixel_values})
-            feeds = {IMAGE_EMBEDDINGS: emb, INPUT_POINTS: input_points}
-            masks, iou = self._run(DECODER, feeds)
-        else:
-            masks, iou = self._run(WHOLE, {PIXEL_VALUES: pixel_values, INPUT_POINTS: input_points})
-        return masks, iou
-
-    def _run(self, graph: str, feeds: dict) -> list[torch.Tensor]:
+    def run_graph(self, graph: str, feeds: dict, outs: list, batch: int) -> dict:
         session = self.sessions[graph]
-        outputs = GRAPH_IO[graph][1]
-        batch = next(iter(feeds.values())).shape[0]
-        if self.device.type == "cuda" and self.settings["io_binding"]:
-            return self._run_bound(session, feeds, outputs, batch)
-        got = session.run(
-            list(outputs), {k: v.detach().contiguous().cpu().numpy() for k, v in feeds.items()}
-        )
-        return [torch.from_numpy(a).to(self.device) for a in got]
+        if self.stream is None:  # the CPU: through numpy
+            got = session.run([s.name for s in outs], {k: v.numpy() for k, v in feeds.items()})
+            return {s.name: torch.from_numpy(a) for s, a in zip(outs, got, strict=True)}
+        got = {s.name: self._buffer(s.name, (batch, *s.shape[1:]), s.dtype) for s in outs}
+        if self.opts.cuda_graph:  # a CUDA graph replays fixed addresses: inputs into buffers
+            feeds = {k: self._buffer(k, t.shape, t.dtype).copy_(t) for k, t in feeds.items()}
+        binding, dev = session.io_binding(), self.device.index or 0
+        for bind, tensors in ((binding.bind_input, feeds), (binding.bind_output, got)):
+            for name, t in tensors.items():
+                bind(name, "cuda", dev, NP_DTYPES[t.dtype], list(t.shape), t.data_ptr())
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)  # after torch's copies and casts of the inputs
+        session.run_with_iobinding(binding, self.run_options)
+        current.wait_stream(self.stream)  # torch reads the outputs after ORT wrote them
+        return {k: v.clone() for k, v in got.items()} if self.opts.cuda_graph else got
 
-    def _run_bound(self, session, feeds: dict, outputs: tuple, batch: int) -> list[torch.Tensor]:
-        """Bind torch CUDA tensors by name (inputs as given, outputs preallocated) and run."""
-        binding = session.io_binding()
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        keep = []  # contiguous copies must outlive the run
-        for name, t in feeds.items():
-            t = t.contiguous()
-            keep.append(t)
-            binding.bind_input(name, "cuda", index, np.float32, list(t.shape), t.data_ptr())
-        result = []
-        for name in outputs:
-            shape = (batch, *self.shapes[name][1:])
-            out = torch.empty(shape, dtype=torch.float32, device=self.device)
-            binding.bind_output(name, "cuda", index, np.float32, list(shape), out.data_ptr())
-            result.append(out)
-        session.run_with_iobinding(binding)
-        return result
+    def _buffer(self, name: str, shape, dtype) -> torch.Tensor:  # on torch's (reading) stream
+        t = torch.empty(shape, dtype=dtype, device=self.device)
+        return self.buffers.setdefault(name, t) if self.opts.cuda_graph else t
+
+    def framework_peak_gib(self) -> float | None:
+        """ORT's own peak, GiB, counted in its allocator callbacks; None with ORT's arena."""
+        return self.peak / 2**30 if self.held or self.peak else None
 
     def versions(self) -> dict:
-        import onnx
-        import onnxruntime as ort
-        import transformers
-
-        v = {
-            "onnxruntime": ort.__version__,
-            "onnx": onnx.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        }
-        if self.sessions:
-            v["providers"] = {g: s.get_providers()[0] for g, s in self.sessions.items()}
-        if self.export_info is not None:
-            v["exporter"] = self.export_info.exporter
-            v["onnx_opsets"] = self.export_info.graph_opsets
-            v["onnx_folder"] = self.export_info.folder.name
-        return v
+        v = {m: __import__(m).__version__ for m in ("onnxruntime", "onnx", "torch")}
+        v["providers"] = {g: s.get_providers()[0] for g, s in self.sessions.items()}
+        return {**v, "options": self.opts.model_dump()}
