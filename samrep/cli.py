@@ -37,6 +37,10 @@ def _count(low: int, high: int):
     return parse
 
 
+def _world_size(text: str) -> int | str:
+    return text if text == "auto" else _count(1, 1024)(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other bad input
         raise SamrepError(f"{self.prog}: {message}")
@@ -68,7 +72,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--bs", type=_count(1, 4096), required=True, help="batch size")
     b.add_argument("--phase", default="infer", choices=("val", "infer"))
     b.add_argument("--repeats", type=_count(1, 100), help="measurements after one build")
-    b.add_argument("--world-size", help="processes (GPUs) on this host: N or auto")
+    b.add_argument(
+        "--world-size", type=_world_size, help="processes (GPUs) on this host: N or auto"
+    )
     s = sub.choices["steps"]
     s.add_argument("--bs", type=_count(1, 4096), default=16, help="batch size (default 16)")
     s.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16"))
@@ -143,8 +149,7 @@ def _run(args) -> int:
         from samrep.bench import bench
 
         if args.world_size is not None:
-            ws = args.world_size if args.world_size == "auto" else _count(1, 1024)(args.world_size)
-            params = params.model_copy(update={"world_size": ws})
+            params = params.model_copy(update={"world_size": args.world_size})
         run = RunParams(
             backend=args.backend, precision=args.precision, bs=args.bs, phase=args.phase
         )

@@ -54,17 +54,18 @@ def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    read, total = _read_fn(method, target)
-    baseline = read()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since its start
     try:
+        read, total = _read_fn(method, target)
+        baseline = read()
         conn.send((baseline, total))
         peak, samples = baseline, 1
         while not conn.poll(interval_s):  # the poll timeout is the sampling interval
             peak, samples = max(peak, read()), samples + 1
         conn.recv()
         conn.send((max(peak, read()), samples + 1))
-    except (EOFError, OSError):  # the parent went away (interrupted): exit quietly
-        pass
+    except Exception:  # the parent went away (interrupted, killed: EOF, psutil's NoSuchProcess)
+        pass  # exit quietly; a parent still waiting gets EOFError and fails the row
 
 
 def current_nvml_index() -> int:
@@ -110,6 +111,8 @@ class MemoryMonitor:
     def __enter__(self) -> MemoryMonitor:
         import multiprocessing
         import os
+        import signal
+        from multiprocessing import resource_tracker
 
         self.method = "nvml" if self.device == "cuda" else "rss"
         if self.method == "nvml" and self.index is None:
@@ -127,7 +130,16 @@ class MemoryMonitor:
             args=(self.method, target, self.interval_ms / 1000.0, child),
             daemon=True,
         )
-        self._proc.start()
+        # SIGINT blocked while the sampler starts: a blocked signal stays blocked across exec,
+        # so a Ctrl-C in its first second (before it ignores SIGINT) cannot print a traceback
+        # from its imports; the parent's own Ctrl-C is delivered when unblocked, right after.
+        # (The resource tracker first: starting it unblocks SIGINT.)
+        resource_tracker.ensure_running()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.baseline, self.total = self._conn.recv()
         return self
 

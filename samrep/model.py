@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from transformers import SamConfig, SamModel
 from samrep.errors import SamrepError
 from samrep.hub import hub_reachable, offline_mode
 from samrep.progress import log
+from samrep.store import checked, remove, temp_suffix
 
 VIT_H_HUB_ID = "facebook/sam-vit-huge"
 
@@ -174,7 +174,13 @@ def load_model(
             reason = f"local weights folder {path} has no config.json"
         else:
             log(f"weights: loading {path}")
-            model = SamModel.from_pretrained(path, attn_implementation=attn_implementation)
+            try:
+                model = SamModel.from_pretrained(path, attn_implementation=attn_implementation)
+            except Exception as exc:  # the user's folder: reported, never replaced
+                raise SamrepError(
+                    f"{path}: cannot load the local weights ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
+                ) from None
             source = "local"
     elif weights:
         model, reason = _from_hub(weights, attn_implementation)
@@ -211,7 +217,12 @@ def _from_hub(repo_id: str, attn_implementation: str) -> tuple[SamModel | None, 
         log(f"weights: {repo_id} from the Hugging Face cache")
         return model, ""
     except OSError:
-        pass
+        pass  # not cached
+    except Exception as exc:  # cached but damaged: said once, not replaced by synthetic weights
+        raise SamrepError(
+            f"weights '{repo_id}': the Hugging Face cache's copy is damaged "
+            f"({type(exc).__name__}); delete it from the cache and download it again"
+        ) from None
     if offline_mode():
         return None, "not in the Hugging Face cache and HF_HUB_OFFLINE is set"
     if not hub_reachable():
@@ -229,17 +240,25 @@ def _synthetic(
     name = f"synthetic-{arch}-seed{seed}"
     folder = Path(cache_dir) / name
     if (folder / "config.json").is_file():
-        log(f"weights: SYNTHETIC ({reason}); reusing {folder}")
-        model = SamModel.from_pretrained(folder, attn_implementation=attn_implementation)
-        return model, name
+        try:
+            model = SamModel.from_pretrained(folder, attn_implementation=attn_implementation)
+            log(f"weights: SYNTHETIC ({reason}); reusing {folder}")
+            return model, name
+        except Exception as exc:  # a damaged cache is remade: the weights are seeded
+            log(f"weights: {folder} is damaged ({type(exc).__name__}); remaking it")
     log(f"weights: SYNTHETIC ({reason}); making {name} (seeded, explicit init)")
     config = ARCHITECTURES[arch]()
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = synthetic_init_(SamModel(config), seed)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    if folder.exists():  # a half-written or foreign folder without config.json: replace it
-        shutil.rmtree(folder)
-    tmp.replace(folder)
+    checked(folder)  # a cache folder linked outside the hw's folders: refused before any work
+    tmp = checked(folder.with_name(folder.name + temp_suffix()))
+    remove(tmp)
+    try:
+        model.save_pretrained(tmp)
+    except OSError as exc:
+        remove(tmp)
+        raise SamrepError(f"{folder}: cannot write the weights cache ({exc.strerror})") from None
+    remove(folder)  # a damaged, half-written or foreign folder: replaced
+    os.replace(tmp, folder)
     return model, name
