@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -115,9 +116,9 @@ def remove_stale_temporaries(folder: Path) -> int:
     processes under `folder`; a live process's (another run's, or this one's) stay."""
     stale = []
     for p in sorted(Path(folder).rglob("*.tmp*")) if Path(folder).is_dir() else []:
-        pid = p.name.rsplit(".tmp", 1)[1]
+        pid = re.search(r"\.tmp(\d+)(\.[A-Za-z0-9]+)?$", p.name)  # a notebook's: ".tmp<pid>.ipynb"
         old_style = p.name.startswith(".") and p.name.endswith(".tmp")
-        if (old_style or (pid.isdigit() and not _alive(int(pid)))) and not any(
+        if (old_style or (pid and not _alive(int(pid[1])))) and not any(
             s in p.parents for s in stale
         ):
             stale.append(p)
