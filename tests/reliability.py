@@ -127,3 +127,30 @@ def error_lines(stderr: str) -> list[str]:
         for line in stderr.splitlines()
         if line.strip() and not line.startswith(("[samrep ", "[transformers]"))
     ]
+
+
+def made_hw(params_dir: Path, name: str, runs: list[dict] | None = None) -> Path:
+    """Write the tiny params of hw `name` and make its ground truth (in this process)."""
+    from samrep import cli, config, store
+
+    remove_own(name)
+    write_params(params_dir, name, tiny(name, runs))
+    old, config.PARAMS_DIR = config.PARAMS_DIR, Path(params_dir)
+    try:
+        assert cli.main(["groundtruth", "--hw", name]) == 0
+    finally:
+        config.PARAMS_DIR = old
+        store.confine()
+    return own_folders(name)[0]
+
+
+def run_cli(params_dir: Path, *args: str) -> int:
+    """`samrep.cli.main(args)` in this process with the params of `params_dir`."""
+    from samrep import cli, config, store
+
+    old, config.PARAMS_DIR = config.PARAMS_DIR, Path(params_dir)
+    try:
+        return cli.main(list(args))
+    finally:
+        config.PARAMS_DIR = old
+        store.confine()
