@@ -49,6 +49,8 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     epilog = "stages:\n" + "\n".join(f"  {k:<12} {v}" for k, v in STAGES.items())
     epilog += "\n\nexit codes: 0 ok, 1 rows/stages failed, 2 bad input, 130 interrupted"
+    epilog += "\nSAMREP_LOCK_TIMEOUT=S: wait at most S s for another run on the same hw"
+    epilog += " (default: wait; 0: refuse at once)"
     top = _Parser(
         prog="python -m samrep",
         description="samrep: SAM ViT-H inference benchmark",
@@ -157,6 +159,9 @@ def _run(args) -> int:
             raise SamrepError(
                 f"--bs: {run.bs} is larger than data.datasize {params.data.datasize} of {params.path}"
             )
+        from samrep.groundtruth import load_ground_truth
+
+        load_ground_truth(params)  # before torchrun starts workers: one line, not one per rank
         return 0 if bench(params, run, args.repeats).status == "ok" else 1
     elif args.stage == "steps":
         from samrep.bench import steps

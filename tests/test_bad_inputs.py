@@ -623,6 +623,20 @@ CASES = [
         setup=ground_truth_fails,
         check=nothing_published,
     ),
+    Case(
+        "c4-export-without-ground-truth",
+        4,
+        ["export"],
+        ("manifest.json: ground truth missing; run `python -m samrep groundtruth",),
+        change=with_onnx_row,
+        check=no_file("export.json"),
+    ),
+    Case(
+        "c4-bench-two-processes-without-ground-truth",
+        4,
+        BENCH + ["--bs", "1", "--world-size", "2"],
+        ("manifest.json: ground truth missing",),
+    ),
     # 9. options of steps, bench and the other stages
     Case(
         "c9-steps-iters-zero",
