@@ -161,6 +161,7 @@ def _run(args) -> int:
             )
         from samrep.groundtruth import load_ground_truth
 
+        stages.prepare(params, [run])  # the row's checks first, then
         load_ground_truth(params)  # before torchrun starts workers: one line, not one per rank
         return 0 if bench(params, run, args.repeats).status == "ok" else 1
     elif args.stage == "steps":
