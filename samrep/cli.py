@@ -38,6 +38,10 @@ def _count(low: int, high: int):
     return parse
 
 
+def _world_size(text: str) -> int | str:
+    return text if text == "auto" else _count(1, 1024)(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other bad input
         raise SamrepError(f"{self.prog}: {message}")
@@ -46,6 +50,8 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     epilog = "stages:\n" + "\n".join(f"  {k:<12} {v}" for k, v in STAGES.items())
     epilog += "\n\nexit codes: 0 ok, 1 rows/stages failed, 2 bad input, 130 interrupted"
+    epilog += "\nSAMREP_LOCK_TIMEOUT=S: wait at most S s for another run on the same hw"
+    epilog += " (default: wait; 0: refuse at once)"
     top = _Parser(
         prog="python -m samrep",
         description="samrep: SAM ViT-H inference benchmark",
@@ -69,7 +75,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--bs", type=_count(1, 4096), required=True, help="batch size")
     b.add_argument("--phase", default="infer", choices=("val", "infer"))
     b.add_argument("--repeats", type=_count(1, 100), help="measurements after one build")
-    b.add_argument("--world-size", help="processes (GPUs) on this host: N or auto")
+    b.add_argument(
+        "--world-size", type=_world_size, help="processes (GPUs) on this host: N or auto"
+    )
     s = sub.choices["steps"]
     s.add_argument("--bs", type=_count(1, 4096), default=16, help="batch size (default 16)")
     s.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16"))
@@ -153,8 +161,7 @@ def _run(args) -> int:
         from samrep.bench import bench
 
         if args.world_size is not None:
-            ws = args.world_size if args.world_size == "auto" else _count(1, 1024)(args.world_size)
-            params = params.model_copy(update={"world_size": ws})
+            params = params.model_copy(update={"world_size": args.world_size})
         run = RunParams(
             backend=args.backend, precision=args.precision, bs=args.bs, phase=args.phase
         )
@@ -162,6 +169,10 @@ def _run(args) -> int:
             raise SamrepError(
                 f"--bs: {run.bs} is larger than data.datasize {params.data.datasize} of {params.path}"
             )
+        from samrep.groundtruth import load_ground_truth
+
+        stages.prepare(params, [run])  # the row's checks first, then
+        load_ground_truth(params)  # before torchrun starts workers: one line, not one per rank
         return 0 if bench(params, run, args.repeats).status == "ok" else 1
     elif args.stage == "interactive":
         from samrep.interactive import interactive

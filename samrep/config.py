@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from samrep.errors import SamrepError
 from samrep.store import REPO_ROOT, sha256_bytes
@@ -25,6 +33,7 @@ Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]
 # Folders of the repository that hold code, configuration or the environment: never outputs.
 PROTECTED = (".git", ".venv", "samrep", "params", "notebooks", "tests", "tools", ".ci")
 IMAGE_CHOICES = ("auto", "car", "fallback")
+Int, Bool = StrictInt, StrictBool  # `bs: true` or `bs: "2"` is refused, not read as 1 or 2
 MAX_PARAMS_BYTES, MAX_DEPTH = 1 << 20, 12
 
 
@@ -42,23 +51,23 @@ class Peak(_Schema):
 class ModelParams(_Schema):
     arch: Literal["vit_h", "tiny"] = "vit_h"  # keys of samrep.model.ARCHITECTURES
     weights: str = "facebook/sam-vit-huge"  # hub id, or a local folder inside data_dir
-    allow_synthetic: bool = True  # seeded synthetic weights when the real ones are unavailable
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    allow_synthetic: Bool = True  # seeded synthetic weights when the real ones are unavailable
+    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 0
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
 
 class DataParams(_Schema):
     data_dir: str = "data/cpu"  # ground truth, inputs, weights cache and engines of this hw
-    datasize: Annotated[int, Field(ge=1, le=1_000_000)] = 1000  # copies of the one sample
-    repeat: Annotated[int, Field(ge=1, le=1000)] = 5  # passes over the dataset per measurement
-    warmup: Annotated[int, Field(ge=0, le=10_000)] = 2  # untimed batches before the clock
+    datasize: Annotated[Int, Field(ge=1, le=1_000_000)] = 1000  # copies of the one sample
+    repeat: Annotated[Int, Field(ge=1, le=1000)] = 5  # passes over the dataset per measurement
+    warmup: Annotated[Int, Field(ge=0, le=10_000)] = 2  # untimed batches before the clock
     # "auto" (car.png, else the fallback), "car", "fallback", or an image file inside data_dir
     # whose prompt point is then `point` [x, y] in original pixels.
     image: str = "auto"
     point: list[Annotated[float, Field(ge=0)]] = []
-    min_iterations: Annotated[int, Field(ge=1, le=100_000)] = 5  # validity: timed batches
+    min_iterations: Annotated[Int, Field(ge=1, le=100_000)] = 5  # validity: timed batches
     min_seconds: Annotated[float, Field(ge=0, le=86_400)] = 1.0  # validity: summed core time
-    measure_repeats: Annotated[int, Field(ge=1, le=100)] = 1  # measurements per build
+    measure_repeats: Annotated[Int, Field(ge=1, le=100)] = 1  # measurements per build
 
     @model_validator(mode="after")
     def _image_point(self):
@@ -76,7 +85,7 @@ class RunParams(_Schema):
 
     backend: str
     precision: Precision
-    bs: Annotated[int, Field(ge=1, le=4096)]
+    bs: Annotated[Int, Field(ge=1, le=4096)]
     phase: Literal["val", "infer"] = "infer"
     options: dict[str, Any] = {}  # the backend's Options (checked by samrep.stages)
 
@@ -96,7 +105,7 @@ class HwParams(_Schema):
     runs: Annotated[list[RunParams], Field(min_length=1, max_length=500)]
     memory_sample_ms: Annotated[float, Field(ge=0.1, le=10_000)] = 1.0  # sampling period
     report_dir: str = ""  # default reports/<hw>
-    world_size: int | Literal["auto"] = Field(1, ge=1, le=1024)  # processes (GPUs) on this host
+    world_size: Int | Literal["auto"] = Field(1, ge=1, le=1024)  # processes (GPUs) on this host
     path: str = Field("", exclude=True)  # the file it came from
     sha256: str = Field("", exclude=True)  # of its parsed content
 
@@ -204,14 +213,26 @@ _MESSAGES = {
     "finite_number": "must be a finite number",
     "literal_error": "must be one of {expected}",
     "string_pattern_mismatch": "must match {pattern}",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "too_short": "must have at least {min_length} item(s)",
+    "too_long": "must have at most {max_length} items",
 }
+_UNION_TAGS = {"int", "float", "str", "bool"}  # pydantic names a union's member in the key path
 
 
 def error_line(where: str, exc: ValidationError) -> str:
     """The first error of a pydantic ValidationError as one line: `<where>: <key>: <what>`."""
     e = exc.errors()[0]
     loc = [
-        p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+        p
+        for p in e["loc"]
+        if not (isinstance(p, str) and ("[" in p or p.startswith("function-") or p in _UNION_TAGS))
     ]
     what = _MESSAGES.get(e["type"], e["msg"].replace("Value error, ", "")).format(
         **e.get("ctx") or {}
@@ -245,7 +266,7 @@ def load_params(hw: str) -> HwParams:
         raw = yaml.load(data.decode("utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError as exc:
         raise SamrepError(f"{where}: not UTF-8 text (byte {exc.start})") from None
-    except (yaml.YAMLError, RecursionError) as exc:
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: a 5000-digit int
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}:" if mark else ""
         raise SamrepError(

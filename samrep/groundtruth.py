@@ -78,13 +78,21 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
     sample = load_params_sample(params)
     model, weights = load_params_model(params)
     now = stamp(sample.sha256, weights.sha256, sample.spec.point)
-    if (data_dir / MANIFEST).is_file() and not force:
-        if is_fresh(read_json(data_dir / MANIFEST, "manifest").get("stamp"), now):
-            gt = load_ground_truth(params)
-            if all(gt.files_match.values()):
-                log(f"ground truth: reusing {data_dir} (same image, point, weights and code)")
-                return gt
-        log("ground truth: stale or damaged; recomputing")
+    if (data_dir / MANIFEST).exists() and not force:
+        try:  # a damaged ground truth is remade, said once; only a fresh, whole one is reused
+            old = read_json(data_dir / MANIFEST, "manifest")
+            gt = (
+                load_ground_truth(params)
+                if isinstance(old, dict) and is_fresh(old.get("stamp"), now)
+                else None
+            )
+            damage = "" if gt is None or all(gt.files_match.values()) else "files changed"
+        except SamrepError as exc:
+            gt, damage = None, str(exc).split("; rerun")[0]
+        if gt is not None and not damage:
+            log(f"ground truth: reusing {data_dir} (same image, point, weights and code)")
+            return gt
+        log(f"ground truth: {'damaged (' + damage + ')' if damage else 'stale'}; recomputing")
     log(f"ground truth: {sample.spec.name}, point {sample.spec.point}, fp32 on the CPU")
     t0 = time.perf_counter()
     inputs = preprocess(sample)
@@ -159,6 +167,8 @@ def load_ground_truth(params: HwParams) -> GroundTruth:
             f"--hw {params.hw}` first"
         )
     manifest = read_json(path, "ground-truth manifest")
+    if not isinstance(manifest, dict):
+        raise SamrepError(f"{path}: ground-truth manifest is not a JSON object; rerun groundtruth")
     try:
         size, order, hashes = (
             tuple(manifest["original_size"]),
@@ -166,8 +176,12 @@ def load_ground_truth(params: HwParams) -> GroundTruth:
             dict(manifest["files_sha256"]),
         )
         manifest["weights"]["sha256"], manifest["image"]["sha256"]  # noqa: B018
-    except (KeyError, TypeError) as exc:
+    except KeyError as exc:
         raise SamrepError(f"{path}: manifest without {exc}; rerun groundtruth --force") from None
+    except TypeError as exc:
+        raise SamrepError(
+            f"{path}: malformed manifest ({exc}); rerun groundtruth --force"
+        ) from None
     masks = []
     for i in range(NUM_MASKS):
         m = _load(data_dir / f"sam_gt_{i}.pt", "ground-truth mask")
@@ -186,9 +200,10 @@ def load_ground_truth(params: HwParams) -> GroundTruth:
             tuple(raw["reshaped_size"]),
         )
         emb, logits = ref["image_embeddings"], ref["low_res_logits"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, IndexError) as exc:
         raise SamrepError(
-            f"{data_dir}: ground-truth inputs without {exc}; rerun groundtruth --force"
+            f"{data_dir}: malformed inputs.pt or reference.pt ({type(exc).__name__}: {exc}); "
+            "rerun groundtruth --force"
         ) from None
     match = {
         n: (data_dir / n).is_file() and sha256_file(data_dir / n) == h for n, h in hashes.items()

@@ -7,9 +7,6 @@ defect 6). The framework's own peak (torch.cuda.max_memory_allocated) is reporte
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
 from dataclasses import asdict, dataclass
 
 GIB = 1024**3
@@ -17,14 +14,19 @@ GIB = 1024**3
 
 @dataclass
 class MemoryReport:
-    """Peak memory of one measured phase, in GiB; peak_gib / total_gib is the spec's `mem`."""
+    """Peak memory of one measured phase, in GiB.
 
-    method: str  # "nvml" (whole-device used memory, sampled) or "rss" (this process's resident set)
+    method: "nvml" (whole-device used memory, sampled) or "rss" (this process's resident set).
+    peak_gib / total_gib is the spec's `mem`; delta_gib is the peak minus the idle baseline taken
+    just before the phase; framework_peak_gib is the framework's own allocator peak (None on CPU).
+    """
+
+    method: str
     peak_gib: float
     total_gib: float
-    baseline_gib: float  # idle, taken just before the phase
-    delta_gib: float  # peak minus baseline
-    framework_peak_gib: float | None  # the framework's own allocator peak (None on the CPU)
+    baseline_gib: float
+    delta_gib: float
+    framework_peak_gib: float | None
     samples: int
     interval_ms: float
 
@@ -32,36 +34,48 @@ class MemoryReport:
         return asdict(self)
 
 
-def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
-    """Sampler process: send (baseline, total), sample until told to stop, send (peak, n)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if method == "nvml":  # target: the NVML index
+def _read_fn(method: str, target: int):
+    """A zero-argument reader of used memory in bytes, and the total, for the sampler process."""
+    if method == "nvml":
         import pynvml
 
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(target)
-        info = pynvml.nvmlDeviceGetMemoryInfo
-        read, total = (lambda: info(handle).used), info(handle).total
-    else:  # target: the pid
-        import psutil
+        total = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+        return (lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used), total
+    import psutil
 
-        proc = psutil.Process(target)
-        read, total = (lambda: proc.memory_info().rss), psutil.virtual_memory().total
-    baseline = read()
+    proc = psutil.Process(target)
+    return (lambda: proc.memory_info().rss), psutil.virtual_memory().total
+
+
+def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
+    """Sampler process: send (baseline, total), sample until told to stop, send (peak, n)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since its start
     try:
+        read, total = _read_fn(method, target)
+        baseline = read()
         conn.send((baseline, total))
         peak, samples = baseline, 1
         while not conn.poll(interval_s):  # the poll timeout is the sampling interval
             peak, samples = max(peak, read()), samples + 1
         conn.recv()
         conn.send((max(peak, read()), samples + 1))
-    except (EOFError, OSError):  # the parent went away (interrupted): exit quietly
-        pass
+    except Exception:  # the parent went away (interrupted, killed: EOF, psutil's NoSuchProcess)
+        pass  # exit quietly; a parent still waiting gets EOFError and fails the row
 
 
 def current_nvml_index() -> int:
-    """NVML's index of the current CUDA device (NVML numbers every GPU of the host, ignoring
-    CUDA_VISIBLE_DEVICES): matched by UUID, else through CUDA_VISIBLE_DEVICES, else the CUDA one."""
+    """NVML's index of the current CUDA device.
+
+    NVML numbers every GPU of the host and ignores CUDA_VISIBLE_DEVICES; CUDA numbers the visible
+    ones. Matched by UUID, else through CUDA_VISIBLE_DEVICES, else the CUDA index itself.
+    """
+    import os
+
     import torch
 
     idx = torch.cuda.current_device()
@@ -78,32 +92,54 @@ def current_nvml_index() -> int:
     except Exception:  # no NVML or no UUID: fall back to CUDA_VISIBLE_DEVICES
         pass
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
-    return int(visible[idx]) if idx < len(visible) and visible[idx].isdigit() else idx
+    if idx < len(visible) and visible[idx].isdigit():
+        return int(visible[idx])
+    return idx
 
 
 class MemoryMonitor:
-    """`with MemoryMonitor(device, 1.0) as mon: ...; mon.report`. The sampler runs in its own
-    process, so a 1 ms sampling loop never competes with the measured code for Python's GIL."""
+    """Context manager: `with MemoryMonitor(device, 1.0) as mon: ...; mon.report`.
+
+    The sampler runs in its own process, so a 1 ms sampling loop never competes with the
+    measured code for Python's GIL.
+    """
 
     def __init__(self, device: str, interval_ms: float = 1.0, device_index: int | None = None):
         self.device, self.interval_ms, self.index = device, interval_ms, device_index
         self.report: MemoryReport | None = None
 
     def __enter__(self) -> MemoryMonitor:
-        cuda = self.device == "cuda"
-        self.method = "nvml" if cuda else "rss"
-        if cuda:
+        import multiprocessing
+        import os
+        import signal
+        from multiprocessing import resource_tracker
+
+        self.method = "nvml" if self.device == "cuda" else "rss"
+        if self.method == "nvml" and self.index is None:
+            self.index = current_nvml_index()  # this process's GPU, not always GPU 0
+        target = self.index if self.method == "nvml" else os.getpid()
+        if self.device == "cuda":
             import torch
 
-            if self.index is None:
-                self.index = current_nvml_index()  # this process's GPU, not always GPU 0
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         ctx = multiprocessing.get_context("spawn")  # no fork of a CUDA-initialised process
         self._conn, child = ctx.Pipe()
-        args = (self.method, self.index if cuda else os.getpid(), self.interval_ms / 1000.0, child)
-        self._proc = ctx.Process(target=_sampler_main, args=args, daemon=True)
-        self._proc.start()
+        self._proc = ctx.Process(
+            target=_sampler_main,
+            args=(self.method, target, self.interval_ms / 1000.0, child),
+            daemon=True,
+        )
+        # SIGINT blocked while the sampler starts: a blocked signal stays blocked across exec,
+        # so a Ctrl-C in its first second (before it ignores SIGINT) cannot print a traceback
+        # from its imports; the parent's own Ctrl-C is delivered when unblocked, right after.
+        # (The resource tracker first: starting it unblocks SIGINT.)
+        resource_tracker.ensure_running()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.baseline, self.total = self._conn.recv()
         return self
 
@@ -117,5 +153,13 @@ class MemoryMonitor:
         self._conn.send("stop")
         peak, samples = self._conn.recv()
         self._proc.join(timeout=10)
-        gib = [x / GIB for x in (peak, self.total, self.baseline, peak - self.baseline)]
-        self.report = MemoryReport(self.method, *gib, framework, samples, self.interval_ms)
+        self.report = MemoryReport(
+            method=self.method,
+            peak_gib=peak / GIB,
+            total_gib=self.total / GIB,
+            baseline_gib=self.baseline / GIB,
+            delta_gib=(peak - self.baseline) / GIB,
+            framework_peak_gib=framework,
+            samples=samples,
+            interval_ms=self.interval_ms,
+        )

@@ -7,27 +7,25 @@ config builder (`ARCHITECTURES`): `vit_h` is the exact ViT-H config of `facebook
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import SamConfig, SamModel
 
 from samrep.errors import SamrepError
 from samrep.hub import hub_reachable, offline_mode
 from samrep.progress import log
+from samrep.store import checked, remove, temp_suffix
 
 VIT_H_HUB_ID = "facebook/sam-vit-huge"
 
 
 def vit_h_config() -> SamConfig:
-    """The ViT-H config of `facebook/sam-vit-huge` (641.1 M parameters). The rest is ViT-H's as
-    SamVisionConfig's defaults: 1024x1024 input, patch 16, window 14, 256 output channels, qkv
-    bias, absolute and relative positions, LayerNorm eps 1e-6."""
+    """The ViT-H config of `facebook/sam-vit-huge` (641.1 M parameters)."""
     return SamConfig(
         vision_config=dict(
             hidden_size=1280,
@@ -35,14 +33,24 @@ def vit_h_config() -> SamConfig:
             num_attention_heads=16,
             mlp_dim=5120,
             global_attn_indexes=[7, 15, 23, 31],
+            output_channels=256,
+            image_size=1024,
+            patch_size=16,
+            window_size=14,
+            qkv_bias=True,
+            use_abs_pos=True,
+            use_rel_pos=True,
+            layer_norm_eps=1e-6,
         ),
     )
 
 
 def tiny_config() -> SamConfig:
-    """A small SAM for tests (2 vision layers: one windowed, one global; 32 wide), with ViT-H's
-    input (1024x1024, 64x64 tokens, window 14 -> padded to 70) and module types: every code path
-    of the real model runs, in well under a second on a CPU."""
+    """A small SAM (2 vision layers: one windowed, one global; 32-wide) for tests.
+
+    Same input (1024x1024, 64x64 tokens, window 14 -> padded to 70) and same module types as
+    ViT-H, so every code path of the real model runs, in well under a second on a CPU.
+    """
     return SamConfig(
         vision_config=dict(
             hidden_size=32,
@@ -80,10 +88,14 @@ _DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")
 
 
 def synthetic_init_(model: SamModel, seed: int) -> SamModel:
-    """Seeded init that keeps activations sane: transformers' own (std ~1e-10, zero rel-pos
-    tables) collapses activations to ~1e-9 and CPU math hits denormals (tens of minutes a ViT-H
-    forward). Matrices: truncated normal std 0.02; biases 0; norms 1 / 0; position tables and
-    learned embeddings a small normal; random Fourier features std 1 (as in the original SAM)."""
+    """Seeded init that keeps activations sane (transformers' own SAM init does not).
+
+    transformers initialises SAM with std ~1e-10 and zero rel-pos tables: activations collapse
+    to ~1e-9 and CPU math hits denormals (one ViT-H forward then takes tens of minutes).
+    Matrices get a truncated normal (std 0.02), biases 0, norms weight 1 / bias 0, the position
+    tables and learned embeddings a small normal, the random Fourier features std 1 (as in the
+    original SAM).
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -108,7 +120,7 @@ def synthetic_init_(model: SamModel, seed: int) -> SamModel:
     return model
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
+def weights_sha256(model: nn.Module) -> str:
     """sha256 over (name, dtype, shape, bytes) of every state-dict tensor, in name order."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -120,16 +132,19 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 def _check_architecture(model: SamModel, arch: str, where: str) -> None:
     """Fail if loaded weights are not the architecture the params name."""
-    want, got = ARCHITECTURES[arch]().vision_config, model.config.vision_config
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_dim")
-    pairs = {f"vision {k} =": (getattr(got, k), getattr(want, k)) for k in keys}
-    pairs["global_attn_indexes"] = (list(got.global_attn_indexes), list(want.global_attn_indexes))
-    for what, (value, expected) in pairs.items():
-        if value != expected:
+    want = ARCHITECTURES[arch]().vision_config
+    got = model.config.vision_config
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_dim"):
+        if getattr(got, key) != getattr(want, key):
             raise SamrepError(
-                f"{where}: weights are not the '{arch}' architecture ({what} {value}, expected "
-                f"{expected})"
+                f"{where}: weights are not the '{arch}' architecture "
+                f"(vision {key} = {getattr(got, key)}, expected {getattr(want, key)})"
             )
+    if list(got.global_attn_indexes) != list(want.global_attn_indexes):
+        raise SamrepError(
+            f"{where}: weights are not the '{arch}' architecture (global_attn_indexes "
+            f"{list(got.global_attn_indexes)}, expected {list(want.global_attn_indexes)})"
+        )
 
 
 def load_model(
@@ -140,25 +155,39 @@ def load_model(
     cache_dir: Path,
     attn_implementation: str = "sdpa",
 ) -> tuple[SamModel, WeightsInfo]:
-    """Load SAM in fp32 on the CPU, in eval mode, from `weights`: a hub id (hub cache first; the
-    network only when `HF_HUB_OFFLINE` is unset and the hub answers) or a `save_pretrained` folder.
-    Else, if `allow_synthetic`: synthetic weights for `arch`, made once, kept in `cache_dir`."""
+    """Load SAM in fp32 on the CPU, in eval mode.
+
+    `weights` is a hub id (hub cache first; the network only when `HF_HUB_OFFLINE` is unset and
+    the hub answers) or a local folder written by `save_pretrained`. When neither has them and
+    `allow_synthetic`, synthetic weights for `arch` are made once, saved under `cache_dir` and
+    reused on later runs.
+    """
     if arch not in ARCHITECTURES:
         raise SamrepError(
             f"model.arch: unknown architecture '{arch}' (known: {list(ARCHITECTURES)})"
         )
-    path, model, reason, name = Path(weights).expanduser(), None, "", weights
-    local = weights.startswith((".", "/", "~")) or path.is_dir()
-    source = "local" if local else "hub"
-    if not weights:
-        reason = "params model.weights is empty"
-    elif not local:
+    model, source, name = None, "", weights
+    reason = ""
+    path = Path(weights).expanduser()
+    if weights and (path.is_dir() or weights.startswith((".", "/", "~"))):
+        if not (path / "config.json").is_file():
+            reason = f"local weights folder {path} has no config.json"
+        else:
+            log(f"weights: loading {path}")
+            try:
+                model = SamModel.from_pretrained(path, attn_implementation=attn_implementation)
+            except Exception as exc:  # the user's folder: reported, never replaced
+                raise SamrepError(
+                    f"{path}: cannot load the local weights ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
+                ) from None
+            source = "local"
+    elif weights:
         model, reason = _from_hub(weights, attn_implementation)
-    elif (path / "config.json").is_file():
-        log(f"weights: loading {path}")
-        model = SamModel.from_pretrained(path, attn_implementation=attn_implementation)
+        source = "hub"
     else:
-        reason = f"local weights folder {path} has no config.json"
+        reason = "params model.weights is empty"
+
     if model is None:
         if not allow_synthetic:
             raise SamrepError(
@@ -168,25 +197,39 @@ def load_model(
         source = "synthetic"
     _check_architecture(model, arch, f"weights '{name}'")
     model = model.float().eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    sha = weights_sha256(model)
-    return model, WeightsInfo(source, str(name), sha, source == "synthetic", arch, n_params)
+    info = WeightsInfo(
+        source=source,
+        name=str(name),
+        sha256=weights_sha256(model),
+        synthetic=source == "synthetic",
+        arch=arch,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )
+    return model, info
 
 
 def _from_hub(repo_id: str, attn_implementation: str) -> tuple[SamModel | None, str]:
     """Hub cache first, then the network if allowed and reachable. Returns (model, why-not)."""
-    kw = dict(attn_implementation=attn_implementation)
-    with contextlib.suppress(OSError):  # not in the cache
-        model = SamModel.from_pretrained(repo_id, local_files_only=True, **kw)
+    try:
+        model = SamModel.from_pretrained(
+            repo_id, local_files_only=True, attn_implementation=attn_implementation
+        )
         log(f"weights: {repo_id} from the Hugging Face cache")
         return model, ""
+    except OSError:
+        pass  # not cached
+    except Exception as exc:  # cached but damaged: said once, not replaced by synthetic weights
+        raise SamrepError(
+            f"weights '{repo_id}': the Hugging Face cache's copy is damaged "
+            f"({type(exc).__name__}); delete it from the cache and download it again"
+        ) from None
     if offline_mode():
         return None, "not in the Hugging Face cache and HF_HUB_OFFLINE is set"
     if not hub_reachable():
         return None, "not in the Hugging Face cache and the hub is unreachable"
     log(f"weights: downloading {repo_id} (2.6 GB for ViT-H)")
     try:
-        return SamModel.from_pretrained(repo_id, **kw), ""
+        return SamModel.from_pretrained(repo_id, attn_implementation=attn_implementation), ""
     except OSError as exc:
         return None, f"download failed: {str(exc).splitlines()[0]}"
 
@@ -197,16 +240,25 @@ def _synthetic(
     name = f"synthetic-{arch}-seed{seed}"
     folder = Path(cache_dir) / name
     if (folder / "config.json").is_file():
-        log(f"weights: SYNTHETIC ({reason}); reusing {folder}")
-        return SamModel.from_pretrained(folder, attn_implementation=attn_implementation), name
+        try:
+            model = SamModel.from_pretrained(folder, attn_implementation=attn_implementation)
+            log(f"weights: SYNTHETIC ({reason}); reusing {folder}")
+            return model, name
+        except Exception as exc:  # a damaged cache is remade: the weights are seeded
+            log(f"weights: {folder} is damaged ({type(exc).__name__}); remaking it")
     log(f"weights: SYNTHETIC ({reason}); making {name} (seeded, explicit init)")
     config = ARCHITECTURES[arch]()
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = synthetic_init_(SamModel(config), seed)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    if folder.exists():  # a half-written or foreign folder without config.json: replace it
-        shutil.rmtree(folder)
-    tmp.replace(folder)
+    checked(folder)  # a cache folder linked outside the hw's folders: refused before any work
+    tmp = checked(folder.with_name(folder.name + temp_suffix()))
+    remove(tmp)
+    try:
+        model.save_pretrained(tmp)
+    except OSError as exc:
+        remove(tmp)
+        raise SamrepError(f"{folder}: cannot write the weights cache ({exc.strerror})") from None
+    remove(folder)  # a damaged, half-written or foreign folder: replaced
+    os.replace(tmp, folder)
     return model, name

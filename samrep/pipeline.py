@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from samrep.config import HwParams, load_params
+from samrep.data import load_params_sample
 from samrep.errors import SamrepError
 from samrep.faults import checkpoint
 from samrep.progress import log
 from samrep.stages import prepare
-from samrep.store import REPO_ROOT, remove, write_bytes
+from samrep.store import REPO_ROOT, checked, confine, remove, temp_suffix, write_bytes
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 CHAIN = ("01_ground_truth", "02_export_onnx", "03_build_engine", "04_evaluate", "99_summary")
@@ -44,7 +45,7 @@ def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
     import papermill
 
     out = params.report_path / f"{name}.ipynb"
-    tmp = out.with_name(f".{name}.tmp.ipynb")
+    tmp = checked(out.with_name(f".{name}{temp_suffix()}.ipynb"))
     log(f"notebook {name}: running (papermill)")
     t0 = time.perf_counter()
     try:
@@ -61,9 +62,10 @@ def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
         remove(tmp)
         line = (exc.evalue or "").splitlines()[0] if exc.evalue else ""
         raise SamrepError(f"notebook {name}: {line or exc.ename}") from None
-    finally:
-        if tmp.exists():
-            os.replace(tmp, out)
+    except BaseException:  # Ctrl-C, a dead kernel: no half-run notebook stays
+        remove(tmp)
+        raise
+    os.replace(tmp, checked(out))
     log(f"notebook {name}: done in {time.perf_counter() - t0:.1f} s")
     return out
 
@@ -148,6 +150,9 @@ def run_report(hw: str, force: bool = False) -> Outcome:
     """The whole chain for one hw -> Outcome (.page: the HTML; .failed: exit 1)."""
     params = load_params(hw)
     prepare(params)  # bad input and a missing device: one line, before any work
+    load_params_sample(params)  # an undecodable image too (not after a stub page is published)
+    # reports/index.html beside the hw's folders: the only file the chain writes outside them
+    confine(params.data_path, params.report_path, REPO_ROOT / "reports" / "index.html")
     logger = logging.getLogger("papermill")
     if not logger.handlers:
         handler = logging.StreamHandler()

@@ -67,7 +67,7 @@ class Scores(_Section):
 class Flops(_Section):
     per_image: float
     peak_key: str
-    peak_flops: float | None = None
+    peak_flops: float | None = None  # None fields are left out by dump(): default them
     peak_source: str
     mfu: float | None = None  # achieved / peak, true FLOPs (2 per multiply-add)
     mfu_original: float | None = None  # the original harness's 3.1e12 per image convention

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 
@@ -29,6 +30,7 @@ from samrep.record import Record, read_record
 from samrep.row import RowContext, row_stamp, run_row
 from samrep.store import (
     REPO_ROOT,
+    checked,
     confine,
     is_fresh,
     read_json,
@@ -76,19 +78,38 @@ def prepare(params: HwParams, runs=None) -> None:
                 raise SamrepError(
                     f"{sub}: a symbolic link to {sub.resolve()}, outside {folders[kind]}"
                 )
+    for key, folder in (("data.data_dir", params.data_path), ("report_dir", params.report_path)):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not os.access(existing, os.W_OK):  # read-only: refused now, not after a measurement
+            raise SamrepError(f"{params.path}: {key}: {existing} is not writable")
     confine(*folders.values(), REPO_ROOT / "reports" / "index.html")  # and the reports index
+
+
+def lock_timeout() -> float:
+    """$SAMREP_LOCK_TIMEOUT in seconds: unset or negative waits as long as it takes, 0 refuses at
+    once; anything but a number is bad input."""
+    text = os.environ.get("SAMREP_LOCK_TIMEOUT", "").strip()
+    try:
+        wait = float(text) if text else -1.0
+    except ValueError:
+        wait = math.nan
+    if math.isnan(wait):
+        raise SamrepError(f"SAMREP_LOCK_TIMEOUT: must be a number of seconds, got {text!r}")
+    return wait
 
 
 @contextlib.contextmanager
 def hw_lock(params: HwParams):
     """One writing run per hw: a second waits (one line says so) up to $SAMREP_LOCK_TIMEOUT s
-    (default: as long as it takes), then refuses."""
+    (default: as long as it takes), then refuses (exit 2). The lock is data_dir/.samrep.lock
+    (filelock: the OS drops it when its holder dies, so a killed run never blocks the next)."""
+    wait = lock_timeout()
+    checked(params.data_path / ".samrep.lock")
     params.data_path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(params.data_path / ".samrep.lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        wait = float(os.environ.get("SAMREP_LOCK_TIMEOUT", "-1"))
         log(f"waiting for another samrep run on hw '{params.hw}' (lock {lock.lock_file})")
         try:
             lock.acquire(timeout=wait)
@@ -114,13 +135,18 @@ def groundtruth(params: HwParams, force: bool = False):
 def stored(params: HwParams, run: RunParams, gt_stamp: str, world_size: int = 1) -> Record | None:
     """The stored ok record of `run` if its stamp is current and its masks load, else None."""
     path = params.report_path / "results" / f"{run.key}.json"
+    if not path.exists():
+        return None
     try:
         rec = read_record(read_json(path), str(path))
+        if rec.status != "ok":
+            return None  # a failed or not-run row is tried again
         with np.load(path.parent / str(rec.masks_file)) as z:
             z["masks"].shape  # noqa: B018  (a damaged masks file raises here)
-    except (SamrepError, ValueError, OSError, KeyError):
+    except (SamrepError, ValueError, OSError, KeyError, TypeError, EOFError) as exc:
+        log(f"{path}: damaged result ({str(exc).splitlines()[0][:120]}); measuring it again")
         return None
-    fresh = rec.status == "ok" and is_fresh(rec.stamp, row_stamp(params, run, gt_stamp, world_size))
+    fresh = is_fresh(rec.stamp, row_stamp(params, run, gt_stamp, world_size))
     return rec if fresh else None
 
 
@@ -178,7 +204,14 @@ def engines(params: HwParams, stage: str, force: bool = False) -> list[dict]:
                 if not want(cls):
                     continue
                 cls.check_available(params.device, run.precision)
-                ctx = ctx or RowContext.load(params)
+            except BackendUnavailable as exc:
+                entries.append(dict(entry, status="not_run", reason=str(exc), seconds=0.0))
+                log(f"{stage} {run.key}: not_run {exc}")
+                continue
+            # outside the row's try: a missing or damaged ground truth is bad input (exit 2),
+            # not a failed row, and nothing is written
+            ctx = ctx or RowContext.load(params)
+            try:
                 backend = cls(
                     params.device, run.precision, run.options, params.data_path / "engines", run.bs
                 )

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,7 +35,9 @@ def confine(*folders: Path) -> None:
     _ROOTS[:] = [Path(f).resolve() for f in folders]
 
 
-def _checked(path: Path, what: str) -> Path:
+def checked(path: Path, what: str = "write") -> Path:
+    """The real path of `path` (links resolved now), or a SamrepError if it leaves the folders
+    granted with `confine`. Every write and removal calls it just before it happens."""
     real = Path(path).resolve()
     if _ROOTS and not any(real == r or r in real.parents for r in _ROOTS):
         shown = ", ".join(str(r) for r in _ROOTS)
@@ -44,10 +47,11 @@ def _checked(path: Path, what: str) -> Path:
 
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write `data` to `path` atomically; a full disk or a read-only folder is a SamrepError."""
-    real = _checked(path, "write")
+    real = checked(path, "write")
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
+        # ".<name>.<random>.tmp<pid>": removed at a later start only once its writer is dead
+        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=temp_suffix())
     except OSError as exc:
         raise SamrepError(f"{path}: cannot write ({exc.strerror})") from None
     try:
@@ -94,26 +98,33 @@ def save_tensors(path: Path, obj) -> str:
 
 def remove(path: Path) -> None:
     """Remove a file or folder (missing is fine), refusing anything outside the granted folders."""
-    real = _checked(path, "remove")
+    real = checked(path, "remove")
     if real.is_dir() and not Path(path).is_symlink():
         shutil.rmtree(real, ignore_errors=True)
     else:
         Path(path).unlink(missing_ok=True)
 
 
+def temp_suffix() -> str:
+    """The suffix of every temporary file or folder samrep makes: ".tmp<pid>" (the ONNX export's
+    and the weights cache's folders too), so a later run knows whether its maker is dead."""
+    return f".tmp{os.getpid()}"
+
+
 def remove_stale_temporaries(folder: Path) -> int:
-    """Remove temporaries (".<name>.<random>.tmp", "*.tmp<pid>" folders) of dead processes."""
-    n = 0
-    for p in Path(folder).rglob("*.tmp*") if Path(folder).is_dir() else []:
-        pid = p.name.rsplit(".tmp", 1)[1]
-        if (
-            p.name.startswith(".")
-            and p.name.endswith(".tmp")
-            or (pid.isdigit() and not _alive(int(pid)))
+    """Remove the temporaries ("*.tmp<pid>", and the older ".<name>.<random>.tmp") of dead
+    processes under `folder`; a live process's (another run's, or this one's) stay."""
+    stale = []
+    for p in sorted(Path(folder).rglob("*.tmp*")) if Path(folder).is_dir() else []:
+        pid = re.search(r"\.tmp(\d+)(\.[A-Za-z0-9]+)?$", p.name)  # a notebook's: ".tmp<pid>.ipynb"
+        old_style = p.name.startswith(".") and p.name.endswith(".tmp")
+        if (old_style or (pid and not _alive(int(pid[1])))) and not any(
+            s in p.parents for s in stale
         ):
-            remove(p)
-            n += 1
-    return n
+            stale.append(p)
+    for p in stale:  # collected first: removing a folder while walking it skips nothing
+        remove(p)
+    return len(stale)
 
 
 def _alive(pid: int) -> bool:
