@@ -61,8 +61,8 @@ class Backend(ABC):
             raise BackendUnavailable(f"{cls.name} does not run on {device}")
         if precision not in cls.precisions:
             raise BackendUnavailable(f"{cls.name} has no {precision} mode")
-        if device == "cpu" and precision in ("fp16", "tf32"):
-            raise BackendUnavailable(f"{precision} is not a CPU compute precision here")
+        if device == "cpu" and precision == "fp16":
+            raise BackendUnavailable("fp16 is not a CPU compute precision here")
 
     def export_onnx(self, model, inputs, force: bool = False):
         """Export (or reuse) the ONNX this backend builds from; None if it uses none."""
@@ -111,6 +111,11 @@ def math_mode(device: str, precision: str) -> str:
     if precision == "tf32":
         return "fp32 weights, TF32 matmuls"
     return f"{precision} image encoder, fp32 prompt encoder + mask decoder"
+
+
+def check_tf32(device: str, precision: str) -> None:
+    if device == "cpu" and precision == "tf32":
+        raise BackendUnavailable("TF32 is a CUDA math mode; there is none on the CPU")
 
 
 class MixedPrecisionSam(torch.nn.Module):

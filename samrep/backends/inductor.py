@@ -15,7 +15,14 @@ import torch
 import transformers
 from pydantic import BaseModel, ConfigDict, Field
 
-from samrep.backends.base import Backend, BackendUnavailable, MixedPrecisionSam, math_mode, set_tf32
+from samrep.backends.base import (
+    Backend,
+    BackendUnavailable,
+    MixedPrecisionSam,
+    check_tf32,
+    math_mode,
+    set_tf32,
+)
 from samrep.progress import log
 
 
@@ -36,6 +43,7 @@ class InductorBackend(Backend):
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
         super().check_available(device, precision)
+        check_tf32(device, precision)
         if device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             raise BackendUnavailable("inductor on the CPU needs a C++ compiler (none found)")
         if device == "cuda" and importlib.util.find_spec("triton") is None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import torch
 import transformers
 
-from samrep.backends.base import Backend, MixedPrecisionSam, math_mode, set_tf32
+from samrep.backends.base import Backend, MixedPrecisionSam, check_tf32, math_mode, set_tf32
 
 
 class TorchBackend(Backend):
     name = "torch"
     precisions = ("fp32", "tf32", "fp16", "bf16")
+
+    @classmethod
+    def check_available(cls, device: str, precision: str) -> None:
+        super().check_available(device, precision)
+        check_tf32(device, precision)
 
     def build(self, model, inputs) -> None:
         if self.device.type == "cuda":
