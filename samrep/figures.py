@@ -73,7 +73,7 @@ def load_report(folder: Path, data_dir: Path | None = None, keys=None) -> Report
         import torch
 
         data.manifest = json.loads(path.read_text())
-        files = [Path(data_dir) / f for f in data.manifest["files"]]
+        files = [Path(data_dir) / f"sam_gt_{i}.pt" for i in range(3)]  # smallest mask first
         data.gt = np.stack([torch.load(f, weights_only=True).numpy() for f in files]).astype(bool)
     except FileNotFoundError:
         pass

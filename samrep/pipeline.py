@@ -46,6 +46,7 @@ def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
 
     out = params.report_path / f"{name}.ipynb"
     tmp = checked(out.with_name(f".{name}{temp_suffix()}.ipynb"))
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     log(f"notebook {name}: running (papermill)")
     t0 = time.perf_counter()
     try:
