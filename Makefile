@@ -13,7 +13,7 @@ FORCE ?=
 .PHONY: setup report test lint browser clean-reports help
 
 help:
-	@echo "make report [HW=cpu|tiny|a100|h200] [FORCE=1]  set up, run the report -> reports/<HW>/index.html"
+	@echo "make report [HW=cpu|auto|tiny|a100|h200] [FORCE=1]  set up, run the report -> reports/<HW>/index.html (auto: this GPU by its NVML name, else cpu)"
 	@echo "make test                                       set up, lint, run the tests"
 	@echo "make setup                                      only create $(VENV) and install"
 

@@ -156,3 +156,21 @@ def auto_params(gpu: tuple[str, float] | None = None) -> dict:
         "data": {"data_dir": "data/auto", "datasize": 128, "repeat": 2, "warmup": 2},
         "runs": runs,
     }
+
+
+def auto_hw() -> str:
+    """`--hw auto`: "cpu" without a GPU; else the detected GPU's params (auto_params), written to
+    data/auto/params/auto.yaml, with SAMREP_PARAMS_DIR pointing there (notebooks inherit it)."""
+    import os
+
+    import yaml
+
+    from samrep.store import write_bytes
+
+    gpu = nvml_gpu()
+    if gpu is None:
+        return "cpu"
+    folder = REPO_ROOT / "data" / "auto" / "params"
+    write_bytes(folder / "auto.yaml", yaml.safe_dump(auto_params(gpu), sort_keys=False).encode())
+    os.environ["SAMREP_PARAMS_DIR"] = str(folder)
+    return "auto"

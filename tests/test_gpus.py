@@ -70,3 +70,10 @@ def test_auto_rows_fit_the_memory():
 def test_no_gpu_means_the_cpu_params(monkeypatch):
     monkeypatch.setattr(gpus, "nvml_gpu", lambda: None)
     assert gpus.auto_params()["hw"] == "cpu" and gpus.detect() is None
+
+
+def test_auto_without_a_gpu_is_the_cpu_report():
+    from samrep.gpus import auto_hw, nvml_gpu
+
+    assert nvml_gpu() is None  # this machine has no NVIDIA GPU
+    assert auto_hw() == "cpu"

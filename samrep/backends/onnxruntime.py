@@ -28,7 +28,10 @@ MATH["fp16"] = "fp16 image encoder, fp32 prompt encoder + mask decoder"
 
 
 class OrtOptions(oe.EngineOptions):
-    allocator: Literal["torch", "arena"] = Field("arena", description="CUDA: ORT's allocations (torch: not with a user stream, ORT refuses both)")
+    allocator: Literal["torch", "arena"] = Field(
+        "arena",
+        description="CUDA: ORT's allocations (torch: not with a user stream, ORT refuses both)",
+    )
     gpu_mem_limit_gib: float | None = Field(None, gt=0, description="CUDA arena limit, GiB")
     cuda_graph: bool = Field(False, description="CUDA graphs (arena, static batch, all on CUDA)")
 
