@@ -12,7 +12,7 @@ import importlib
 from samrep.backends.base import Backend, BackendUnavailable
 from samrep.errors import SamrepError
 
-_ONNX = ("backends/onnx_engine", "export")
+_ONNX = ("backends/onnx_engine", "backends/onnx_export")
 BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "torch": ("samrep.backends.torch_eager:TorchBackend", ("backends/torch_eager",)),
     "inductor": ("samrep.backends.inductor:InductorBackend", ("backends/inductor",)),

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from samrep import export as ex
+from samrep.backends import onnx_export as ex
 from samrep.backends.base import Backend
 from samrep.errors import SamrepError
 
@@ -136,7 +136,7 @@ class OnnxEngine(Backend):
         return ["CPUExecutionProvider"]
 
     def export_onnx(self, model, inputs, force: bool = False):
-        """The cached export this engine builds from (samrep.export) -> ExportInfo."""
+        """The cached export this engine builds from (onnx_export) -> ExportInfo."""
         from samrep.model import weights_sha256
 
         o, p, batch = self.opts, self.graph_precision(), 2 if self.opts.dynamic_batch else self.bs
