@@ -15,10 +15,10 @@ import torch
 
 from samrep.backends import BACKENDS, BackendUnavailable, get_backend
 from samrep.backends.onnx_engine import MIN_ACC, EngineCheckFailed, EngineIOError
+from samrep.backends.onnx_export import example_batch
 from samrep.backends.onnxruntime import OnnxRuntimeBackend, stream_option
 from samrep.data import ModelInputs
 from samrep.errors import SamrepError
-from samrep.export import example_batch
 from samrep.metrics import postprocess_masks
 from samrep.model import synthetic_init_, tiny_config
 

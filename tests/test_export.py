@@ -1,4 +1,4 @@
-"""samrep.export on the tiny config: graph contract, folding, ORT vs PyTorch, cache and cleanup.
+"""samrep.backends.onnx_export, tiny config: contract, folding, ORT vs PyTorch, cache, cleanup.
 
 Measured on the tiny model (torch 2.13, onnxruntime 1.32, CPU), batch 2: max |ORT - PyTorch|
 3.8e-6 on image_embeddings (max |ref| 4.1), 1.2e-6 on low_res_masks (max |ref| 0.96), 1.0e-6 on
@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from samrep import export as ex
+from samrep.backends import onnx_export as ex
 from samrep.backends.onnxruntime import OnnxRuntimeBackend
 from samrep.backends.tensorrt import TensorRTBackend
 from samrep.model import weights_sha256

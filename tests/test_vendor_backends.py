@@ -177,8 +177,8 @@ def test_real_tiny_export_fits_the_contract(tiny_model, tmp_path):
 @pytest.mark.skipif(not (HAVE_TRT and torch.cuda.is_available()), reason="no TensorRT + GPU")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_trt_tiny_engine_matches_eager(tiny_model, tmp_path, precision):
+    from samrep.backends.onnx_export import example_batch
     from samrep.backends.torch_eager import TorchBackend
-    from samrep.export import example_batch
 
     pv, pts = (t.cuda() for t in example_batch(None, 2))
     inputs = type("Inputs", (), {"pixel_values": pv[:1].cpu(), "input_points": pts[:1].cpu()})

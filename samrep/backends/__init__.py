@@ -1,9 +1,6 @@
-"""Backends: name -> ("module:Class", the code its results depend on), imported lazily.
-
-A machine needs only the toolkit it benchmarks: looking a backend up imports its module, and a
-missing toolkit becomes a "not run: <reason>" row, never a crash. The code list feeds the row
-stamps (samrep.store.code_digest): editing one backend makes only its rows stale.
-"""
+"""Backends: name -> ("module:Class", the code its results depend on), imported lazily: a
+missing toolkit makes a "not run: <reason>" row, never a crash. The code list feeds the row
+stamps (samrep.store.code_digest): editing one backend makes only its rows stale."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ import importlib
 from samrep.backends.base import Backend, BackendUnavailable
 from samrep.errors import SamrepError
 
-_ONNX = ("backends/onnx_engine", "export")
+_ONNX = ("backends/onnx_engine", "backends/onnx_export")
 BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "torch": ("samrep.backends.torch_eager:TorchBackend", ("backends/torch_eager",)),
     "inductor": ("samrep.backends.inductor:InductorBackend", ("backends/inductor",)),
@@ -27,11 +24,8 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def get_backend(name: str) -> type[Backend]:
-    """The backend class registered as `name`.
-
-    SamrepError for an unknown name (listing the known ones); BackendUnavailable when its
-    module cannot be imported on this machine.
-    """
+    """The backend class registered as `name`. SamrepError for an unknown name (listing the
+    known ones); BackendUnavailable when its module cannot be imported on this machine."""
     if name not in BACKENDS:
         raise SamrepError(f"unknown backend '{name}' (known: {', '.join(sorted(BACKENDS))})")
     module_name, class_name = BACKENDS[name][0].split(":")

@@ -1,11 +1,9 @@
 """The one interface every engine implements, and the HF mixed-precision forward two share.
 
-A backend is built once (from the PyTorch model, or from the ONNX export) into an artifact it
-may cache under `workdir`, then runs batches: pixel_values (B, 3, 1024, 1024) float32 and
-input_points (B, 1, 1, 2) float32 (x, y in the 1024 frame), both already on its device, to
-low_res_masks (B, 3, 256, 256) logits and iou_scores (B, 3), on the device. Timing, scoring and
-memory are done around it by samrep.timing / metrics / memory, identically for every backend.
-Its options are a pydantic model `Options` declared beside it (extra keys refused).
+A backend is built once (from the PyTorch model or the ONNX export, maybe cached under
+`workdir`), then runs pixel_values (B,3,1024,1024) and input_points (B,1,1,2) (x, y in the 1024
+frame), float32 on its device, to low_res_masks (B,3,256,256) logits and iou_scores (B,3) there.
+Timing, scores and memory are measured around it, alike for all; options: its pydantic `Options`.
 """
 
 from __future__ import annotations
@@ -18,12 +16,10 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
-DTYPES = {
-    "fp32": torch.float32,
-    "tf32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
+DTYPES = dict(fp32=torch.float32, tf32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
+# What the matmuls really ran in on CUDA: the original's "fp32" engine ran TF32 (defect 2)
+MATH = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmuls"}
+MATH |= {p: f"{p} image encoder, fp32 prompt encoder + mask decoder" for p in ("fp16", "bf16")}
 
 
 class BackendUnavailable(Exception):
@@ -45,12 +41,10 @@ class Backend(ABC):
     persistent_build: ClassVar[bool] = False
 
     def __init__(self, device: str, precision: str, options: dict, workdir: Path, bs: int = 1):
-        self.device = torch.device(device)
+        self.device, self.precision, self.workdir = torch.device(device), precision, Path(workdir)
         self.bs = bs  # the row's batch size: engines with a static batch build for it
-        self.precision = precision
         self.options = dict(options)
         self.opts = self.Options.model_validate(self.options)
-        self.workdir = Path(workdir)
         self.math_mode = precision  # what actually ran, e.g. "fp32 (TF32 off)"
         self.export_info = None  # the ONNX export this backend built from, if any
 
@@ -81,9 +75,8 @@ class Backend(ABC):
         """(B,3,1024,1024), (B,1,1,2) on the device -> (B,3,256,256) logits, (B,3) scores."""
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
-        """(B,3,1024,1024) -> (B,256,64,64) image embeddings, where the engine exposes them
-        (an extra encoder pass after the measurement; a backend whose `run` keeps its last
-        embeddings in `self.last_embeddings` spares it)."""
+        """(B,3,1024,1024) -> (B,256,64,64) embeddings where exposed: an extra encoder pass after
+        the measurement, spared where `run` keeps them in `self.last_embeddings`."""
         return None
 
     def framework_peak_gib(self) -> float | None:
@@ -96,26 +89,6 @@ class Backend(ABC):
 
     def versions(self) -> dict:
         return {"torch": torch.__version__}
-
-
-def set_tf32(enabled: bool) -> None:
-    """TF32 on or off for matmuls and convolutions (a global torch setting)."""
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-
-
-def math_mode(device: str, precision: str) -> str:
-    """What the matmuls really ran in: the original's "fp32" engine ran TF32 (defect 2)."""
-    if precision == "fp32":
-        return "fp32 (TF32 off)" if device == "cuda" else "fp32"
-    if precision == "tf32":
-        return "fp32 weights, TF32 matmuls"
-    return f"{precision} image encoder, fp32 prompt encoder + mask decoder"
-
-
-def check_tf32(device: str, precision: str) -> None:
-    if device == "cpu" and precision == "tf32":
-        raise BackendUnavailable("TF32 is a CUDA math mode; there is none on the CPU")
 
 
 class MixedPrecisionSam(torch.nn.Module):
@@ -141,3 +114,28 @@ class MixedPrecisionSam(torch.nn.Module):
             self.last_embeddings = emb
         out = self.model(image_embeddings=emb, input_points=input_points, multimask_output=True)
         return out.pred_masks[:, 0].float(), out.iou_scores[:, 0].float()
+
+
+class HFBackend(Backend):
+    """The HF SamModel as MixedPrecisionSam on the device (`torch` runs it, `inductor` compiles
+    it); TF32 on CUDA for tf32 only."""
+
+    precisions = ("fp32", "tf32", "fp16", "bf16")
+    keep_embeddings: ClassVar[bool] = False  # see MixedPrecisionSam
+
+    @classmethod
+    def check_available(cls, device: str, precision: str) -> None:
+        super().check_available(device, precision)
+        if device == "cpu" and precision == "tf32":
+            raise BackendUnavailable("TF32 is a CUDA math mode; there is none on the CPU")
+
+    def build(self, model, inputs) -> None:
+        if self.device.type == "cuda":  # TF32 for matmuls and convolutions: a global setting
+            torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
+        self.model = MixedPrecisionSam(model, self.device, self.precision, self.keep_embeddings)
+        cpu32 = self.device.type == "cpu" and self.precision == "fp32"
+        self.math_mode = "fp32" if cpu32 else MATH[self.precision]
+
+    def versions(self) -> dict:
+        return {"torch": torch.__version__, "transformers": __import__("transformers").__version__}

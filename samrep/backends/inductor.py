@@ -1,8 +1,5 @@
-"""`inductor`: torch.compile of the HF SamModel (same mixed precision as `torch`).
-
-Compiled during the evaluation (its code does not persist across processes); the compile time
-is recorded in `versions.compile_s`.
-"""
+"""`inductor`: torch.compile of the HF SamModel (same mixed precision as `torch`), compiled in
+the evaluation (its code does not persist across processes); the time in `versions.compile_s`."""
 
 from __future__ import annotations
 
@@ -12,38 +9,28 @@ import time
 from typing import Literal
 
 import torch
-import transformers
 from pydantic import BaseModel, ConfigDict, Field
 
-from samrep.backends.base import (
-    Backend,
-    BackendUnavailable,
-    MixedPrecisionSam,
-    check_tf32,
-    math_mode,
-    set_tf32,
-)
+from samrep.backends.base import BackendUnavailable, HFBackend
 from samrep.progress import log
 
+Mode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
-class InductorOptions(BaseModel):
+
+class InductorOptions(BaseModel):  # torch.compile's keyword arguments
     model_config = ConfigDict(extra="forbid", frozen=True)
-    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
-        Field("default", description="torch.compile mode")
-    )
+    mode: Mode = Field("default", description="torch.compile mode")
     dynamic: bool = Field(False, description="dynamic shapes (false: specialised to the row's bs)")
     fullgraph: bool = Field(False, description="fail on a graph break instead of running eager")
 
 
-class InductorBackend(Backend):
+class InductorBackend(HFBackend):
     name = "inductor"
-    precisions = ("fp32", "tf32", "fp16", "bf16")
     Options = InductorOptions
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
         super().check_available(device, precision)
-        check_tf32(device, precision)
         if device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             raise BackendUnavailable("inductor on the CPU needs a C++ compiler (none found)")
         if device == "cuda" and importlib.util.find_spec("triton") is None:
@@ -52,14 +39,11 @@ class InductorBackend(Backend):
     def build(self, model, inputs) -> None:
         """Copy the model to the device in the precision, compile, run one batch of bs twice."""
         o = self.opts
-        if self.device.type == "cuda":
-            set_tf32(self.precision == "tf32")
-        self.model = MixedPrecisionSam(model, self.device, self.precision).eval()
-        self.math_mode = math_mode(self.device.type, self.precision) + f"; torch.compile {o.mode}"
+        super().build(model, inputs)
+        self.model.eval()
+        self.math_mode += f"; torch.compile {o.mode}"
         torch._dynamo.reset()  # Dynamo caches per code object: start each row from an empty cache
-        self.compiled = torch.compile(
-            self.model, mode=o.mode, dynamic=o.dynamic, fullgraph=o.fullgraph
-        )
+        self.compiled = torch.compile(self.model, **o.model_dump())
         pv = inputs.pixel_values.expand(self.bs, -1, -1, -1).contiguous().to(self.device)
         pts = inputs.input_points.expand(self.bs, -1, -1, -1).contiguous().to(self.device)
         t0 = time.perf_counter()
@@ -72,20 +56,13 @@ class InductorBackend(Backend):
     @torch.no_grad()
     def run(self, pixel_values, input_points):
         masks, iou = self.compiled(pixel_values, input_points)
-        # CUDA-graph modes replay into static buffers that the next call overwrites
-        return (
-            (masks.clone(), iou.clone())
-            if "cudagraphs" not in self.opts.mode and self.opts.mode != "default"
-            else (masks, iou)
-        )
+        if self.opts.mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs: static outputs
+            return masks.clone(), iou.clone()  # that the next replay overwrites
+        return masks, iou
 
     @torch.no_grad()
     def image_embeddings(self, pixel_values):
         return self.model.embed(pixel_values)
 
     def versions(self) -> dict:
-        return {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "compile_s": round(getattr(self, "compile_s", 0.0), 2),
-        }
+        return {**super().versions(), "compile_s": round(getattr(self, "compile_s", 0.0), 2)}

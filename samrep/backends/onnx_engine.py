@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from samrep import export as ex
+from samrep.backends import onnx_export as ex
 from samrep.backends.base import Backend
 from samrep.errors import SamrepError
 
@@ -38,10 +38,8 @@ class TensorSpec:  # one graph or engine input/output; shape[0] the batch, None 
 
 def contract(config, graph: str, batch: int | None = None) -> tuple[list, list]:
     """(inputs, outputs) of an exported graph: float32 whatever is inside; `batch` if static."""
-    shapes, (ins, outs) = ex.graph_shapes(config), ex.GRAPH_IO[graph]
-    return tuple(
-        [TensorSpec(n, torch.float32, (batch, *shapes[n][1:])) for n in g] for g in (ins, outs)
-    )
+    shapes, io = ex.graph_shapes(config), ex.GRAPH_IO[graph]
+    return tuple([TensorSpec(n, torch.float32, (batch, *shapes[n][1:])) for n in g] for g in io)
 
 
 def match_contract(want: list, got: dict[str, tuple], label: str) -> list:
@@ -136,35 +134,30 @@ class OnnxEngine(Backend):
         return ["CPUExecutionProvider"]
 
     def export_onnx(self, model, inputs, force: bool = False):
-        """The cached export this engine builds from (samrep.export) -> ExportInfo."""
+        """The cached export this engine builds from (onnx_export) -> ExportInfo."""
         from samrep.model import weights_sha256
 
         o, p, batch = self.opts, self.graph_precision(), 2 if self.opts.dynamic_batch else self.bs
         req = ex.ExportRequest(p, o.part, o.opset, o.dynamic_batch, batch, o.exporter)
-        providers = self.check_providers()
         pair = None if inputs is None else (inputs.pixel_values, inputs.input_points)
-        sha = weights_sha256(model)
+        sha, providers = weights_sha256(model), self.check_providers()
         self.export_info = ex.export_sam(model, sha, self.workdir, req, pair, providers, force)
         return self.export_info
 
     def verify(self, gt) -> dict:
-        """The engine check: `run` on the ground-truth sample at the row's bs, scored against the
-        ground truth; inputs copied as the core region does (pinned, non_blocking) into memory
-        poisoned with NaN, so an engine reading them early fails. EngineCheckFailed below
-        MIN_ACC, else {"acc", "iou", "threshold", "bs"} for the record."""
+        """`run` on the ground truth's sample at the row's bs, copied in (pinned, non_blocking) over
+        NaN: EngineCheckFailed below MIN_ACC, else {"acc", "iou", "threshold", "bs"}."""
         from samrep.metrics import MaskScore, postprocess_masks
 
-        cuda = self.device.type == "cuda"
-        feeds = []
-        for t in (gt.inputs.pixel_values, gt.inputs.input_points):
+        cuda, feeds = self.device.type == "cuda", []
+        for t in (gt.inputs.pixel_values, gt.inputs.input_points):  # as the core region copies
             host = t.float().expand(self.bs, *t.shape[1:]).contiguous()
-            dst = torch.full(host.shape, float("nan"), device=self.device)
+            dst = torch.full(host.shape, float("nan"), device=self.device)  # read early: NaN
             feeds.append(dst.copy_(host.pin_memory() if cuda else host, non_blocking=cuda))
         masks, _ = self.run(*feeds)
         score = MaskScore(gt.masks.to(self.device), gt.order)
         score.update(postprocess_masks(masks, gt.inputs.reshaped_size, gt.inputs.original_size))
-        r = score.result()
-        threshold = MIN_ACC[self.precision]
+        r, threshold = score.result(), MIN_ACC[self.precision]
         if not r["acc"] >= threshold:  # NaN fails too
             why = f"acc {r['acc']:.4f} < {threshold} on the ground truth (IoU {r['iou']:.4f})"
             raise EngineCheckFailed(f"{self.name} {self.precision} bs {self.bs}: {why}")

@@ -1,10 +1,7 @@
 """`onnxruntime`: samrep's export in ONNX Runtime, a session per graph: CPU fp32; CUDA fp32 (TF32
-off), tf32, fp16. On CUDA torch tensors are bound by name and ORT runs on a torch stream of its
-own, ordered after torch's current one (where the inputs were copied, non_blocking) and before
-it again: ORT reads a `user_compute_stream` of 0 (torch's default stream) as none and runs on a
-non-blocking stream of its own, unordered with those copies (the wrong fp16 masks). ORT
-allocates through torch's caching allocator (the row's framework peak is its need) or an arena
-grown as requested (`allocator: arena`, optionally limited)."""
+off), tf32, fp16, torch tensors bound by name, ORT on a torch stream of its own ordered with
+torch's current one (see `stream_option`). ORT allocates from an arena grown as requested
+(`allocator: arena`, optionally limited) or through torch's caching allocator (its peak counted)."""
 
 from __future__ import annotations
 
@@ -16,15 +13,14 @@ import torch
 from pydantic import Field
 
 from samrep.backends import onnx_engine as oe
-from samrep.backends.base import BackendUnavailable
+from samrep.backends import onnx_export as ex
+from samrep.backends.base import MATH, BackendUnavailable
 from samrep.progress import log
 
 ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
 NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)  # ORT's gpu_external_alloc
 FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-MATH = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmuls"}
-MATH["fp16"] = "fp16 image encoder, fp32 prompt encoder + mask decoder"
 
 
 class OrtOptions(oe.EngineOptions):
@@ -37,7 +33,8 @@ class OrtOptions(oe.EngineOptions):
 
 
 def stream_option(handle: int) -> str:
-    """The `user_compute_stream` value of a CUDA stream; 0 is refused: ORT reads it as "none"."""
+    """The `user_compute_stream` value of a CUDA stream. 0 (torch's default) is refused: ORT reads
+    it as none and runs unordered with torch's non_blocking input copies (wrong fp16 masks)."""
     if not handle:
         raise ValueError("ORT reads user_compute_stream 0 (torch's default) as none: no order")
     return str(handle)
@@ -104,19 +101,17 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         CUDA one batch of bs runs here (cuDNN's search and any graph capture are build time)."""
         import onnxruntime as ort
 
-        so, providers = ort.SessionOptions(), self._providers()
-        so.log_severity_level = 3
+        providers = self._providers()
         self.run_options = ort.RunOptions()  # ordered with torch by stream events, no host sync
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         for graph, path in self.export_onnx(model, inputs).paths.items():
-            s = self.sessions[graph] = ort.InferenceSession(str(path), so, providers=providers)
+            s = self.sessions[graph] = ex.session(path, providers)
             label = f"onnxruntime {graph} graph"
             if self.stream is not None and "CUDAExecutionProvider" not in s.get_providers():
                 raise BackendUnavailable(f"{label}: no CUDA provider (CUDA/cuDNN libraries?)")
-            io = {
-                a.name: (ORT_DTYPES.get(a.type), a.shape) for a in s.get_inputs() + s.get_outputs()
-            }
-            self.bind_contract(model.config, graph, io)
+            io = s.get_inputs() + s.get_outputs()
+            declared = {a.name: (ORT_DTYPES.get(a.type), a.shape) for a in io}
+            self.bind_contract(model.config, graph, declared)
         self.math_mode = MATH[self.precision] if self.stream is not None else "fp32"
         log(f"onnxruntime: {', '.join(self.sessions)} ({self.math_mode}, {self.opts.allocator})")
         if self.stream is not None:

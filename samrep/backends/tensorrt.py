@@ -135,11 +135,8 @@ class TensorRTBackend(oe.OnnxEngine):
         return bytes(blob)
 
     def run_graph(self, graph: str, feeds: dict, outs: list, batch: int) -> dict:
-        ctx, label = self.contexts[graph], f"tensorrt {graph}"
-        got = {
-            s.name: torch.empty((batch, *s.shape[1:]), dtype=s.dtype, device=self.device)
-            for s in outs
-        }
+        ctx, label, dev = self.contexts[graph], f"tensorrt {graph}", self.device
+        got = {s.name: torch.empty((batch, *s.shape[1:]), dtype=s.dtype, device=dev) for s in outs}
         for name, t in (*feeds.items(), *got.items()):
             if name in feeds and not ctx.set_input_shape(name, tuple(t.shape)):
                 raise oe.EngineIOError(f"{label}: shape {tuple(t.shape)} of {name} refused")

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import torch
-import transformers
 
-from samrep.backends.base import Backend, MixedPrecisionSam, check_tf32, math_mode, set_tf32
+from samrep.backends.base import HFBackend
 
 
-class TorchBackend(Backend):
+class TorchBackend(HFBackend):
     name = "torch"
-    precisions = ("fp32", "tf32", "fp16", "bf16")
-
-    @classmethod
-    def check_available(cls, device: str, precision: str) -> None:
-        super().check_available(device, precision)
-        check_tf32(device, precision)
-
-    def build(self, model, inputs) -> None:
-        if self.device.type == "cuda":
-            set_tf32(self.precision == "tf32")
-        self.model = MixedPrecisionSam(model, self.device, self.precision, keep_embeddings=True)
-        self.math_mode = math_mode(self.device.type, self.precision)
+    keep_embeddings = True  # eager: `run` keeps its embeddings, no extra encoder pass
 
     @torch.inference_mode()
     def run(self, pixel_values, input_points):
@@ -34,6 +22,3 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def image_embeddings(self, pixel_values):
         return self.model.embed(pixel_values)
-
-    def versions(self) -> dict:
-        return {"torch": torch.__version__, "transformers": transformers.__version__}

@@ -97,10 +97,7 @@ class XtclBackend(oe.OnnxEngine):
         return got  # named in the ONNX's output order, checked by dtype and shape
 
     def versions(self) -> dict:
-        return {
-            "torch": torch.__version__,
-            "tvm": __import__("tvm").__version__,
-        }
+        return {"torch": torch.__version__, "tvm": __import__("tvm").__version__}
 
 
 def declared(proto) -> dict:

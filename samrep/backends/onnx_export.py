@@ -1,16 +1,12 @@
-"""ONNX export of SamModel: traced from a CPU fp32 copy, folded, checked by ONNX Runtime, cached.
+"""ONNX export of SamModel, traced from a CPU fp32 copy whatever the row's device (one graph
+serves every engine), folded, checked by ONNX Runtime against PyTorch fp32, cached.
 
-Graphs (bound by name, never by position; I/O float32): `encoder` pixel_values (B,3,1024,1024)
+Graphs (I/O float32 by name, only the batch axis dynamic): `encoder` pixel_values (B,3,1024,1024)
 -> image_embeddings (B,256,64,64); `decoder` image_embeddings, input_points (B,1,1,2) (x, y in
-the 1024 frame) -> low_res_masks (B,3,256,256) logits, iou_scores (B,3) (multimask, label 1);
-`model` the whole model. part "split": encoder + decoder, "whole": model. Only the batch axis
-can be dynamic. Traced from a CPU fp32 copy whatever the row's device (one graph serves every
-engine and device); weight-only subgraphs (the rel-pos Resize) folded by ONNX Runtime's basic,
-provider-independent optimizer; "fp16" converts the folded encoder (onnxruntime.transformers.
-float16, I/O kept float32; the decoder stays fp32); LayerNorm one opset-17 node; weights in
-`<graph>.onnx.data`; checked by onnx.checker and run once by ONNX Runtime against PyTorch fp32.
-Built in `<workdir>/onnx/<key>.tmp<pid>/`, renamed into place once `export.json` is written; a
-failed export removes it, and one a dead process left is removed at the next start.
+the 1024 frame) -> low_res_masks (B,3,256,256) logits, iou_scores (B,3); `model` both. Weight-only
+subgraphs (the rel-pos Resize) folded by ORT's basic optimizer; "fp16" converts the folded encoder
+(I/O float32, decoder fp32). Built in `<workdir>/onnx/<key>.tmp<pid>/`, renamed into place once
+`export.json` is written; a failed export removes it, one a dead process left goes at next start.
 """
 
 from __future__ import annotations
@@ -174,7 +170,7 @@ def _finish(raw: Path, final: Path, graph: str, shapes: dict, req: ExportRequest
     named = raw.with_name(raw.stem + "-named.onnx")
     onnx.save_model(proto, str(named), save_as_external_data=True, location=named.name + ".data")
     cpu = ["CPUExecutionProvider"]
-    _session(named, cpu, fold_to=final)
+    session(named, cpu, fold_to=final)
     if req.precision == "fp16" and graph != DECODER:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -183,15 +179,14 @@ def _finish(raw: Path, final: Path, graph: str, shapes: dict, req: ExportRequest
         block = [n.name for n in nodes if graph == WHOLE and not n.name.startswith(keep)]
         proto = convert_float_to_float16(str(final), keep_io_types=True, node_block_list=block)
         onnx.save_model(proto, str(named), save_as_external_data=True, location=named.name + ".x")
-        _session(
-            named, cpu, fold_to=final
-        )  # sorts the Casts the converter appends, folds those of weights
+        # folded again: sorts the Casts the converter appends, folds those of the weights
+        session(named, cpu, fold_to=final)
     onnx.checker.check_model(str(final))  # by path: reads external data, accepts > 2 GB
     opsets = onnx.load(str(final), load_external_data=False).opset_import
     return next(o.version for o in opsets if o.domain in ("", "ai.onnx"))
 
 
-def _session(path: Path, providers: list, fold_to: Path | None = None):
+def session(path: Path, providers: list, fold_to: Path | None = None):
     """ORT session of `path`; `fold_to`: save the graph after ORT's basic, provider-free level."""
     import onnxruntime as ort
 
@@ -208,7 +203,7 @@ def _session(path: Path, providers: list, fold_to: Path | None = None):
 def _compare(graph: str, path: Path, feeds: dict, ref: tuple, providers: list):
     """Run `path` once in ONNX Runtime; (max |diff|, max |ref|) per output vs PyTorch `ref`."""
     outs = GRAPH_IO[graph][1]
-    got = _session(path, providers).run(list(outs), {k: v.numpy() for k, v in feeds.items()})
+    got = session(path, providers).run(list(outs), {k: v.numpy() for k, v in feeds.items()})
     diff, scale = {}, {}
     for name, a, want in zip(outs, got, ref, strict=True):
         if a.shape != tuple(want.shape):
@@ -225,9 +220,8 @@ def _clean_stale(parent: Path) -> None:  # the `.tmp<pid>` folders of processes 
 
 
 def export_sam(model, sha: str, workdir, request=None, example=None, providers=None, force=False):
-    """Export `model` (fp32 SamModel; `sha` its weights' sha256) as `request` asks (default
-    ExportRequest()), or reuse the cached export -> ExportInfo. example: (pixel_values
-    (1,3,1024,1024), input_points (1,1,1,2)); providers: ORT's for the check (default CPU)."""
+    """`model` (fp32 SamModel, `sha` its weights' sha256) exported or reused -> ExportInfo. example:
+    (pixel_values (1,3,1024,1024), input_points (1,1,1,2)); providers: ORT's for the check."""
     req = request or ExportRequest()
     key, folder = req.key(sha), req.folder(workdir, sha)
     _clean_stale(folder.parent)
