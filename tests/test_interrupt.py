@@ -67,7 +67,7 @@ def test_a_killed_run_leaves_temporaries_that_the_next_run_removes(hw, capfd):
     proc.wait(timeout=30)
     left = temporaries(report)
     assert [p.endswith(f".tmp{proc.pid}") for p in left] == [True], left
-    # A killed ONNX export's folder (export.py names it <folder>.tmp<pid>) and a live one's.
+    # A killed ONNX export's folder (backends/onnx_export.py names it <folder>.tmp<pid>) and a live one's.
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     ).stdout.strip()
