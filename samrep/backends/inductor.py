@@ -60,9 +60,5 @@ class InductorBackend(HFBackend):
             return masks.clone(), iou.clone()  # that the next replay overwrites
         return masks, iou
 
-    @torch.no_grad()
-    def image_embeddings(self, pixel_values):
-        return self.model.embed(pixel_values)
-
     def versions(self) -> dict:
         return {**super().versions(), "compile_s": round(getattr(self, "compile_s", 0.0), 2)}
