@@ -1,10 +1,8 @@
 """Hardware configs: `params/<hw>.yaml` as declared pydantic schemas.
 
-Every error is one SamrepError line naming the file and the key path, e.g.
-`params/x.yaml: runs[0].bs: must be >= 1, got 0`. Unknown keys are refused, numbers must be
-finite and in range. The YAML must be UTF-8 text without anchors/aliases, duplicate keys or deep
-nesting. Paths are relative to the repository root. Which backends exist and which options they
-take are checked by samrep.stages (the backends sit above this layer).
+Every error is one SamrepError line naming the file and key path (`params/x.yaml: runs[0].bs: must
+be >= 1, got 0`). Unknown keys, non-finite numbers, YAML aliases, duplicate keys and deep nesting
+are refused; paths are relative to the repository root. samrep.stages checks backends and options.
 """
 
 from __future__ import annotations
@@ -15,15 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import StrictBool as Bool  # `bs: true` or `bs: "2"` is refused, not read as 1 or 2
+from pydantic import StrictInt as Int
 
 from samrep.errors import SamrepError
 from samrep.store import REPO_ROOT, sha256_bytes
@@ -33,7 +25,6 @@ Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]
 # Folders of the repository that hold code, configuration or the environment: never outputs.
 PROTECTED = (".git", ".venv", "samrep", "params", "notebooks", "tests", "tools", ".ci")
 IMAGE_CHOICES = ("auto", "car", "fallback")
-Int, Bool = StrictInt, StrictBool  # `bs: true` or `bs: "2"` is refused, not read as 1 or 2
 MAX_PARAMS_BYTES, MAX_DEPTH = 1 << 20, 12
 
 
@@ -71,12 +62,11 @@ class DataParams(_Schema):
 
     @model_validator(mode="after")
     def _image_point(self):
-        if self.image in IMAGE_CHOICES and self.point:
+        is_path, point = self.image not in IMAGE_CHOICES, self.point
+        if not is_path and point:
             raise ValueError(f"point: only for an image path ('{self.image}' has its own)")
-        if self.image not in IMAGE_CHOICES and len(self.point) != 2:
-            raise ValueError(
-                f"point: an image path needs its prompt point [x, y], got {self.point}"
-            )
+        if is_path and len(point) != 2:
+            raise ValueError(f"point: an image path needs its prompt point [x, y], got {point}")
         return self
 
 
@@ -111,12 +101,10 @@ class HwParams(_Schema):
 
     @model_validator(mode="after")
     def _rows(self):
-        keys = [r.key for r in self.runs]
+        keys, size = [r.key for r in self.runs], self.data.datasize
         for i, r in enumerate(self.runs):
-            if r.bs > self.data.datasize:
-                raise ValueError(
-                    f"runs[{i}].bs: {r.bs} is larger than data.datasize {self.data.datasize}"
-                )
+            if r.bs > size:
+                raise ValueError(f"runs[{i}].bs: {r.bs} is larger than data.datasize {size}")
             if keys.count(r.key) > 1:
                 raise ValueError(f"runs[{i}]: '{r.key}' is listed twice")
         return self
@@ -147,16 +135,13 @@ class HwParams(_Schema):
 
 def output_folder(rel: str, key: str, where: str) -> Path:
     """An output folder: inside the repository, not the root, a code folder or a file."""
-    root = REPO_ROOT.resolve()
-    p = (REPO_ROOT / rel).resolve()
+    root, p, at = REPO_ROOT.resolve(), (REPO_ROOT / rel).resolve(), f"{where}: {key}: '{rel}' is"
     if p == root or root not in p.parents:
-        raise SamrepError(
-            f"{where}: {key}: '{rel}' is {'the repository root' if p == root else 'outside the repository'}"
-        )
+        raise SamrepError(at + (" the repository root" if p == root else " outside the repository"))
     if p.relative_to(root).parts[0] in PROTECTED:
-        raise SamrepError(f"{where}: {key}: '{rel}' is inside '{p.relative_to(root).parts[0]}/'")
+        raise SamrepError(f"{at} inside '{p.relative_to(root).parts[0]}/'")
     if p.exists() and not p.is_dir():
-        raise SamrepError(f"{where}: {key}: '{rel}' is a file, not a folder")
+        raise SamrepError(f"{at} a file, not a folder")
     return p
 
 
@@ -174,9 +159,8 @@ class _StrictLoader(yaml.SafeLoader):
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            raise yaml.YAMLError(
-                f"line {self.peek_event().start_mark.line + 1}: aliases are not allowed"
-            )
+            line = self.peek_event().start_mark.line + 1
+            raise yaml.YAMLError(f"line {line}: aliases are not allowed")
         depth = getattr(self, "_depth", 0)
         if depth > MAX_DEPTH:
             raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels")
@@ -196,57 +180,31 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-_MESSAGES = {
-    "greater_than_equal": "must be >= {ge}",
-    "greater_than": "must be > {gt}",
-    "less_than_equal": "must be <= {le}",
-    "less_than": "must be < {lt}",
-    "extra_forbidden": "unknown key",
-    "missing": "missing required key",
-    "finite_number": "must be a finite number",
-    "literal_error": "must be one of {expected}",
-    "string_pattern_mismatch": "must match {pattern}",
-    "int_type": "must be an integer",
-    "bool_type": "must be true or false",
-    "float_parsing": "must be a number",
-    "float_type": "must be a number",
-    "string_type": "must be a string",
-    "dict_type": "must be a mapping",
-    "list_type": "must be a list",
-    "too_short": "must have at least {min_length} item(s)",
-    "too_long": "must have at most {max_length} items",
-}
+# pydantic error type -> the message (ctx fields filled in); others keep pydantic's own text
+_MESSAGES = dict(greater_than_equal="must be >= {ge}", greater_than="must be > {gt}")
+_MESSAGES |= dict(less_than_equal="must be <= {le}", less_than="must be < {lt}")
+_MESSAGES |= dict(missing="missing required key", finite_number="must be a finite number")
+_MESSAGES |= dict(extra_forbidden="unknown key", literal_error="must be one of {expected}")
+_MESSAGES |= dict(string_pattern_mismatch="must match {pattern}", int_type="must be an integer")
+_MESSAGES |= dict(bool_type="must be true or false", string_type="must be a string")
+_MESSAGES |= dict(float_parsing="must be a number", float_type="must be a number")
+_MESSAGES |= dict(dict_type="must be a mapping", list_type="must be a list")
+_MESSAGES |= dict(too_short="must have at least {min_length} item(s)")
+_MESSAGES |= dict(too_long="must have at most {max_length} items")
 _UNION_TAGS = {"int", "float", "str", "bool"}  # pydantic names a union's member in the key path
 
 
 def error_line(where: str, exc: ValidationError) -> str:
     """The first error of a pydantic ValidationError as one line: `<where>: <key>: <what>`."""
-    e = exc.errors()[0]
-    loc = [
-        p
-        for p in e["loc"]
-        if not (isinstance(p, str) and ("[" in p or p.startswith("function-") or p in _UNION_TAGS))
-    ]
-    what = _MESSAGES.get(e["type"], e["msg"].replace("Value error, ", "")).format(
-        **e.get("ctx") or {}
-    )
+    e, key = exc.errors()[0], ""
+    for part in e["loc"]:  # ("runs", 0, "bs") -> "runs[0].bs", without pydantic's own tags
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif not ("[" in part or part.startswith("function-") or part in _UNION_TAGS):
+            key += f".{part}" if key else part
+    what = _MESSAGES.get(e["type"], e["msg"].replace("Value error, ", ""))
     got = "" if e["type"] in ("missing", "value_error") else f", got {e['input']!r}"[:80]
-    return f"{where}: {_loc(tuple(loc)) + ': ' if loc else ''}{what}{got}"
-
-
-def parse_params(raw: Any, where: str) -> HwParams:
-    try:
-        params = HwParams.model_validate(raw)
-    except ValidationError as exc:
-        raise SamrepError(error_line(where, exc)) from None
-    return params
+    return f"{where}: {key + ': ' if key else ''}{what.format(**e.get('ctx') or {})}{got}"
 
 
 def load_params(hw: str) -> HwParams:
@@ -267,14 +225,15 @@ def load_params(hw: str) -> HwParams:
     except UnicodeDecodeError as exc:
         raise SamrepError(f"{where}: not UTF-8 text (byte {exc.start})") from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: a 5000-digit int
-        mark = getattr(exc, "problem_mark", None)
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or exc
         at = f" line {mark.line + 1}:" if mark else ""
-        raise SamrepError(
-            f"{where}:{at} malformed YAML ({getattr(exc, 'problem', None) or exc})"
-        ) from None
+        raise SamrepError(f"{where}:{at} malformed YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise SamrepError(f"{where}: expected a mapping at the top level")
-    params = parse_params(raw, where)
+    try:
+        params = HwParams.model_validate(raw)
+    except ValidationError as exc:
+        raise SamrepError(error_line(where, exc)) from None
     if params.hw != hw:
         raise SamrepError(f"{where}: hw: '{params.hw}' does not match the file name '{hw}'")
     params = params.model_copy(update={"path": where, "sha256": sha256_bytes(data)})

@@ -1,15 +1,14 @@
 """The one sample of the case: the image, its prompt point, SAM preprocessing, the repeated dataset.
 
-The case's image is `car.png` of the Hugging Face SamModel docs (hub repo
-`ybelkada/segment-anything`, `assets/car.png`, 2646x1764) with the positive point (450, 600).
-It is fetched through the hub client into its cache. With no network and no cached copy the
-fallback is `grace_hopper.jpg`, which ships with matplotlib (512x600), with the point (400, 450)
-on her jacket; every result then names the image it used.
+The image is `car.png` of the HF SamModel docs (hub `ybelkada/segment-anything`, 2646x1764, point
+(450, 600)), through the hub client's cache. With neither network nor cache it falls back to
+matplotlib's `grace_hopper.jpg` (512x600, point (400, 450) on her jacket), named in every result.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import contextlib
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +33,10 @@ class ImageSpec:
     filename: str = ""
 
 
+# sha256 not pinned yet: no machine this project has run on could reach the hub. The first run
+# that downloads it records the hash in the ground-truth manifest; pin it here then.
 CAR = ImageSpec(
-    name="car.png",
-    point=(450.0, 600.0),
-    # Not pinned yet: no machine this project has run on could reach the hub. The first run
-    # that downloads it records the hash in the ground-truth manifest; pin it here then.
-    sha256=None,
-    size=(2646, 1764),
-    repo_id="ybelkada/segment-anything",
-    filename="assets/car.png",
+    "car.png", (450.0, 600.0), None, (2646, 1764), "ybelkada/segment-anything", "assets/car.png"
 )
 FALLBACK = ImageSpec(
     name="grace_hopper.jpg (matplotlib sample data; offline fallback)",
@@ -63,9 +57,7 @@ class Sample:
     fallback: bool
 
     def describe(self) -> dict:
-        d = asdict(self.spec)
-        d.update(path=self.path, sha256=self.sha256, fallback=self.fallback)
-        return d
+        return asdict(self.spec) | dict(path=self.path, sha256=self.sha256, fallback=self.fallback)
 
 
 # Smallest side an image may have: below it the pixel-agreement metric has almost no pixels.
@@ -85,11 +77,10 @@ def open_image(path: Path, spec: ImageSpec, expected_sha256: str | None) -> Samp
         )
     try:
         with Image.open(path) as im:
-            mode, (width, height) = im.mode, im.size
-            if width * height > Image.MAX_IMAGE_PIXELS:
+            mode, (width, height), limit = im.mode, im.size, Image.MAX_IMAGE_PIXELS
+            if width * height > limit:
                 raise SamrepError(
-                    f"{path}: image is {width}x{height}, more than PIL's limit of "
-                    f"{Image.MAX_IMAGE_PIXELS} pixels"
+                    f"{path}: image is {width}x{height}, more than PIL's limit of {limit} pixels"
                 )
             if mode.split(";")[0] in HIGH_BIT_DEPTH_MODES:
                 raise SamrepError(
@@ -124,33 +115,19 @@ def load_params_sample(params) -> Sample:
     path = params.image_path
     if path is None:
         return load_sample(params.data.image)
-    spec = ImageSpec(
-        name=params.data.image,
-        point=tuple(float(v) for v in params.data.point),
-        sha256=None,
-        size=(0, 0),  # not documented: whatever the file is
-    )
+    point = tuple(float(v) for v in params.data.point)
+    spec = ImageSpec(params.data.image, point, sha256=None, size=(0, 0))  # size: whatever it is
     return open_image(path, spec, None)
 
 
-def fallback_path() -> Path:
-    import matplotlib
-
-    return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-
-
-def fetch_car(spec: ImageSpec = CAR, expected_sha256: str | None = None) -> tuple[Path | None, str]:
-    """car.png through the hub client: its cache first, then the network if allowed.
-
-    Returns (path, "") or (None, why it is not available).
-    """
+def fetch_car(spec: ImageSpec = CAR) -> tuple[Path | None, str]:
+    """car.png through the hub client, its cache first, then the network if allowed: (path, "")
+    or (None, why it is not available)."""
     from huggingface_hub import hf_hub_download
 
     kwargs = dict(repo_id=spec.repo_id, filename=spec.filename)
-    try:
+    with contextlib.suppress(Exception):  # LocalEntryNotFoundError and friends: not cached
         return Path(hf_hub_download(**kwargs, local_files_only=True)), ""
-    except Exception:  # LocalEntryNotFoundError and friends: not cached
-        pass
     if offline_mode():
         return None, "not in the Hugging Face cache and HF_HUB_OFFLINE is set"
     if not hub_reachable():
@@ -173,23 +150,20 @@ def load_sample(choice: str = "auto", car_sha256: str | None = CAR.sha256) -> Sa
         if choice == "car":
             raise SamrepError(f"data.image = car: {CAR.repo_id}/{CAR.filename} {reason}")
         log(f"image: car.png {reason}; using the FALLBACK image grace_hopper.jpg")
-    sample = open_image(fallback_path(), FALLBACK, FALLBACK.sha256)
-    return Sample(sample.spec, sample.image, sample.path, sample.sha256, fallback=True)
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    return replace(open_image(path, FALLBACK, FALLBACK.sha256), fallback=True)
 
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """SamProcessor output for the sample (batch 1), as the model takes it.
+    """SamProcessor output for the sample (batch 1), as the model takes it."""
 
-    pixel_values: (1, 3, 1024, 1024) float32, resized (longest side 1024), normalized, padded.
-    input_points: (1, 1, 1, 2) float32, (x, y) in the resized 1024 frame.
-    original_size: (H, W) of the image; reshaped_size: (h, w) after resizing, before padding.
-    """
-
-    pixel_values: torch.Tensor
-    input_points: torch.Tensor
-    original_size: tuple[int, int]
-    reshaped_size: tuple[int, int]
+    pixel_values: torch.Tensor  # (1, 3, 1024, 1024) float32: longest side 1024, normalized, padded
+    input_points: torch.Tensor  # (1, 1, 1, 2) float32: (x, y) in the resized 1024 frame
+    original_size: tuple[int, int]  # (H, W) of the image
+    reshaped_size: tuple[int, int]  # (h, w) after resizing, before padding
 
 
 def preprocess(sample: Sample) -> ModelInputs:
@@ -203,20 +177,13 @@ def preprocess(sample: Sample) -> ModelInputs:
         processor = SamProcessor(image_processor=SamImageProcessor())
         x, y = sample.spec.point
         enc = processor(images=sample.image, input_points=[[[x, y]]], return_tensors="pt")
-    return ModelInputs(
-        pixel_values=enc["pixel_values"].float(),
-        input_points=enc["input_points"].float(),
-        original_size=tuple(int(v) for v in enc["original_sizes"][0]),
-        reshaped_size=tuple(int(v) for v in enc["reshaped_input_sizes"][0]),
-    )
+    sizes = [tuple(int(v) for v in enc[k][0]) for k in ("original_sizes", "reshaped_input_sizes")]
+    return ModelInputs(enc["pixel_values"].float(), enc["input_points"].float(), *sizes)
 
 
 class RepeatedDataset:
-    """The case's dataset: one sample repeated `datasize` times, read in batches of `bs`.
-
-    Batches drop the last incomplete one (drop_last), as the original harness did. A batch is
-    built from host memory each time (that copy is the "data loading" of the whole region).
-    """
+    """One sample repeated `datasize` times, in batches of `bs` (drop_last, as the original), each
+    built from host memory every time (that copy is the "data loading" of the whole region)."""
 
     def __init__(self, inputs: ModelInputs, datasize: int, bs: int, pin_memory: bool = False):
         if bs < 1:

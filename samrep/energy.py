@@ -1,8 +1,5 @@
-"""Energy of the timed region: NVML's total-energy counter (mJ) read before and after it.
-
-On GPUs the record's `energy` is {joules, j_per_image, img_per_j, method: "nvml"}; on a CPU, or
-where the counter cannot be read, {method: "not measured", reason}.
-"""
+"""Energy of the timed region: NVML's total-energy counter [mJ] read before and after it; the
+record's `energy` is {method, joules, j_per_image, img_per_j} or {method: "not measured", reason}."""
 
 from __future__ import annotations
 

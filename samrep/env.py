@@ -64,15 +64,14 @@ def environment(device: str) -> dict:
 
 def check_device(params: HwParams) -> None:
     """Fail early, in one line, when this machine is not the hardware the params describe."""
-    if params.device == "cuda":
-        if not torch.cuda.is_available():
-            raise SamrepError(
-                f"{params.path}: needs a CUDA GPU"
-                + (f" ({params.requires})" if params.requires else "")
-                + f"; this machine has none (CPU: {cpu_name()}, torch {torch.__version__})"
-            )
-        name = torch.cuda.get_device_name(0)
-        if params.requires and params.requires.lower() not in name.lower():
-            raise SamrepError(
-                f"{params.path}: requires: needs a '{params.requires}' GPU; this machine has {name}"
-            )
+    where, need = params.path, params.requires
+    if params.device != "cuda":
+        return
+    if not torch.cuda.is_available():
+        has = f"none (CPU: {cpu_name()}, torch {torch.__version__})"
+        raise SamrepError(
+            f"{where}: needs a CUDA GPU{f' ({need})' if need else ''}; this machine has {has}"
+        )
+    name = torch.cuda.get_device_name(0)
+    if need and need.lower() not in name.lower():
+        raise SamrepError(f"{where}: requires: needs a '{need}' GPU; this machine has {name}")

@@ -1,15 +1,9 @@
-"""Test hooks: pause or fail at a named point of a run, chosen by environment variables.
+"""Test hooks (a no-op unless the tests set them): pause or fail at a named point of a run.
 
-For the tests of interruption and failure handling only; unset (always, outside the tests), a
-no-op. SAMREP_TEST_PAUSE_AT=<point>,...: log "PAUSED at <point>" and sleep, for a test to SIGKILL
-or SIGINT the process at a known moment. SAMREP_TEST_FAIL_AT=<point>[=<kind>],...: raise
-InjectedFault (kind "error", the default) or torch.cuda.OutOfMemoryError (kind "oom").
-Points (fnmatch patterns allowed: "evaluate:measure:*"): groundtruth:written (masks and inputs
-written, manifest not), write:<file name> (temporary file written, not renamed), export:<row> and
-build:<row> (artifact made, stage file not), evaluate:build:<row> (before the backend builds),
-evaluate:measure:<row> (built, not yet timed), evaluate:saved:<row> (record written),
-report:<notebook> (before running it), report:render (before rendering the HTML),
-summary:masks (99_summary, before its masks section).
+SAMREP_TEST_PAUSE_AT=<point>,...: log "PAUSED at <point>" and sleep (for a SIGKILL or SIGINT).
+SAMREP_TEST_FAIL_AT=<point>[=error|oom],...: raise InjectedFault or torch.cuda.OutOfMemoryError.
+Points (fnmatch patterns): groundtruth:written, write:<file> (before the rename), export:<row>,
+build:<row>, evaluate:{build,measure,saved}:<row>, report:<notebook>, report:render, summary:masks.
 """
 
 from __future__ import annotations

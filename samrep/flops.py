@@ -1,12 +1,9 @@
 """Analytic FLOPs of `transformers.SamModel`, from a `SamConfig` alone, and MFU.
 
-The one definition samrep uses: 2 FLOPs per multiply-add, counting exactly what torch's
-`FlopCounterMode` counts on the eager attention path (matrix products and convolutions, no bias
-adds, no element-wise work, no rel-pos interpolation). Windowed vision blocks pad the 64x64 grid
-to a multiple of the window (70 for window 14): qkv, attention, rel-pos and the output projection
-run on the padded 4900 tokens, the MLP on the 4096 real ones. The decoder sees 1 IoU + 4 mask +
-2 point tokens per prompt (the point and HF's padding point); all 4 masks are computed whatever
-`multimask_output` says (it only slices), so the count is the same either way.
+2 FLOPs per multiply-add, exactly what torch's `FlopCounterMode` counts on the eager attention path
+(matmuls and convolutions only). Windowed blocks pad the 64x64 grid to the window (70 for 14): qkv,
+attention, rel-pos and out projection run on 4900 tokens, the MLP on 4096. The decoder sees 7
+tokens per prompt and computes all 4 masks whatever `multimask_output` says (it only slices).
 """
 
 from __future__ import annotations
@@ -66,12 +63,10 @@ def _feed_forward(d_in: int, d_hidden: int, d_out: int, num_layers: int) -> int:
 
 
 def sam_flops(config: SamConfig, points_per_image: int = 1, batch_size: int = 1) -> FlopCount:
-    """FLOPs per image of one `SamModel` forward (1024x1024 input for ViT-H), by part.
+    """FLOPs per image of one `SamModel` forward, by part (FlopCounterMode's count / batch).
 
-    `points_per_image`: point prompts per image (each gets its own masks + IoU scores).
-    `batch_size`: images per forward; it only spreads the image-wide positional encoding
-    (2.1 MFLOP for ViT-H, once per forward) over the batch. Equals FlopCounterMode's count / batch.
-    """
+    `batch_size` (images per forward) only spreads the image-wide positional encoding (2.1 MFLOP
+    for ViT-H, once per forward) over the batch; each of `points_per_image` gets its own masks."""
     if points_per_image < 1:
         raise ValueError(f"points_per_image must be >= 1, got {points_per_image}")
     if batch_size < 1:

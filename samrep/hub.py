@@ -1,6 +1,5 @@
-"""Hugging Face hub access: offline mode and a quick reachability probe (`huggingface_hub`
-retries an unreachable host for ~25 s per file; probing first keeps a run without network fast
-and lets it say why it fell back)."""
+"""Hugging Face hub access: offline mode and a quick reachability probe (huggingface_hub retries
+an unreachable host ~25 s per file; probing first keeps a run without network fast, and says why)."""
 
 import os
 import socket

@@ -1,32 +1,31 @@
 """Memory measurement: device memory by NVML sampling on GPUs, process RSS on the CPU.
 
-A sampling process reads the figure every `interval_ms` and keeps the peak, so the peak of one
-measured phase is known, not a whole-device poll every 5 s over every phase (the original's
-defect 6). The framework's own peak (torch.cuda.max_memory_allocated) is reported beside it.
+A sampling process keeps the peak of one measured phase, read every `interval_ms` (not a 5 s poll
+over every phase: the original's defect 6); torch.cuda.max_memory_allocated is reported beside it.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from dataclasses import asdict, dataclass
+from multiprocessing import resource_tracker
 
 GIB = 1024**3
 
 
 @dataclass
 class MemoryReport:
-    """Peak memory of one measured phase, in GiB.
-
-    method: "nvml" (whole-device used memory, sampled) or "rss" (this process's resident set).
-    peak_gib / total_gib is the spec's `mem`; delta_gib is the peak minus the idle baseline taken
-    just before the phase; framework_peak_gib is the framework's own allocator peak (None on CPU).
-    """
+    """Peak memory of one measured phase [GiB]; peak / total is the spec's `mem`, delta the peak
+    minus the baseline taken just before. method: "nvml" (whole device) or "rss" (this process)."""
 
     method: str
     peak_gib: float
     total_gib: float
     baseline_gib: float
     delta_gib: float
-    framework_peak_gib: float | None
+    framework_peak_gib: float | None  # the framework's allocator peak (None on the CPU)
     samples: int
     interval_ms: float
 
@@ -51,8 +50,6 @@ def _read_fn(method: str, target: int):
 
 def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
     """Sampler process: send (baseline, total), sample until told to stop, send (peak, n)."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since its start
     try:
@@ -69,13 +66,8 @@ def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
 
 
 def current_nvml_index() -> int:
-    """NVML's index of the current CUDA device.
-
-    NVML numbers every GPU of the host and ignores CUDA_VISIBLE_DEVICES; CUDA numbers the visible
-    ones. Matched by UUID, else through CUDA_VISIBLE_DEVICES, else the CUDA index itself.
-    """
-    import os
-
+    """NVML's index of the current CUDA device (NVML numbers every GPU of the host, CUDA the visible
+    ones): matched by UUID, else through CUDA_VISIBLE_DEVICES, else the CUDA index itself."""
     import torch
 
     idx = torch.cuda.current_device()
@@ -98,22 +90,14 @@ def current_nvml_index() -> int:
 
 
 class MemoryMonitor:
-    """Context manager: `with MemoryMonitor(device, 1.0) as mon: ...; mon.report`.
-
-    The sampler runs in its own process, so a 1 ms sampling loop never competes with the
-    measured code for Python's GIL.
-    """
+    """`with MemoryMonitor(device, 1.0) as mon: ...; mon.report`. The sampler is a process of its
+    own, so a 1 ms sampling loop never competes with the measured code for Python's GIL."""
 
     def __init__(self, device: str, interval_ms: float = 1.0, device_index: int | None = None):
         self.device, self.interval_ms, self.index = device, interval_ms, device_index
         self.report: MemoryReport | None = None
 
     def __enter__(self) -> MemoryMonitor:
-        import multiprocessing
-        import os
-        import signal
-        from multiprocessing import resource_tracker
-
         self.method = "nvml" if self.device == "cuda" else "rss"
         if self.method == "nvml" and self.index is None:
             self.index = current_nvml_index()  # this process's GPU, not always GPU 0
@@ -153,13 +137,5 @@ class MemoryMonitor:
         self._conn.send("stop")
         peak, samples = self._conn.recv()
         self._proc.join(timeout=10)
-        self.report = MemoryReport(
-            method=self.method,
-            peak_gib=peak / GIB,
-            total_gib=self.total / GIB,
-            baseline_gib=self.baseline / GIB,
-            delta_gib=(peak - self.baseline) / GIB,
-            framework_peak_gib=framework,
-            samples=samples,
-            interval_ms=self.interval_ms,
-        )
+        gib = (v / GIB for v in (peak, self.total, self.baseline, peak - self.baseline))
+        self.report = MemoryReport(self.method, *gib, framework, samples, self.interval_ms)

@@ -1,8 +1,7 @@
 """Mask post-processing and the case's accuracy: pixel agreement (`acc`) and mask IoU.
 
-`acc` is the spec's `(pred_mask == gt_mask).sum() / numel` at the original image size, averaged
-over the 3 masks, images and repeats; IoU is reported beside it (pixel agreement is dominated by
-the background on small masks).
+`acc` is the spec's `(pred_mask == gt_mask).sum() / numel` at the original size, averaged over the
+3 masks, images and repeats; IoU beside it (the background dominates agreement on small masks).
 """
 
 from __future__ import annotations

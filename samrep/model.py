@@ -1,8 +1,6 @@
 """SAM weights: load `facebook/sam-vit-huge` (hub cache or a local folder) or make synthetic ones.
 
-The model is always `transformers.SamModel`. Architectures are a plain dict from name to a
-config builder (`ARCHITECTURES`): `vit_h` is the exact ViT-H config of `facebook/sam-vit-huge`,
-`tiny` a small SAM with the same structure (windowed + global blocks, 1024x1024 input) for tests.
+The model is always `transformers.SamModel`; `ARCHITECTURES` maps a name to its config builder.
 """
 
 from __future__ import annotations
@@ -26,41 +24,20 @@ VIT_H_HUB_ID = "facebook/sam-vit-huge"
 
 def vit_h_config() -> SamConfig:
     """The ViT-H config of `facebook/sam-vit-huge` (641.1 M parameters)."""
-    return SamConfig(
-        vision_config=dict(
-            hidden_size=1280,
-            num_hidden_layers=32,
-            num_attention_heads=16,
-            mlp_dim=5120,
-            global_attn_indexes=[7, 15, 23, 31],
-            output_channels=256,
-            image_size=1024,
-            patch_size=16,
-            window_size=14,
-            qkv_bias=True,
-            use_abs_pos=True,
-            use_rel_pos=True,
-            layer_norm_eps=1e-6,
-        ),
-    )
+    # every value explicit, not left to transformers' defaults
+    vision = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, mlp_dim=5120)
+    vision |= dict(global_attn_indexes=[7, 15, 23, 31], output_channels=256, image_size=1024)
+    vision |= dict(patch_size=16, window_size=14, qkv_bias=True, layer_norm_eps=1e-6)
+    return SamConfig(vision_config=vision | dict(use_abs_pos=True, use_rel_pos=True))
 
 
 def tiny_config() -> SamConfig:
-    """A small SAM (2 vision layers: one windowed, one global; 32-wide) for tests.
-
-    Same input (1024x1024, 64x64 tokens, window 14 -> padded to 70) and same module types as
-    ViT-H, so every code path of the real model runs, in well under a second on a CPU.
-    """
+    """A small SAM for tests: 2 vision layers (windowed, global), 32 wide; ViT-H's input (1024x1024,
+    64x64 tokens, window 14 padded to 70) and module types, so every code path runs, in < 1 s."""
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64)
+    vision |= dict(global_attn_indexes=[1], output_channels=32, num_pos_feats=16)
     return SamConfig(
-        vision_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            mlp_dim=64,
-            global_attn_indexes=[1],
-            output_channels=32,
-            num_pos_feats=16,
-        ),
+        vision_config=vision,
         prompt_encoder_config=dict(hidden_size=32),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, iou_head_hidden_dim=32),
     )
@@ -88,14 +65,8 @@ _DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")
 
 
 def synthetic_init_(model: SamModel, seed: int) -> SamModel:
-    """Seeded init that keeps activations sane (transformers' own SAM init does not).
-
-    transformers initialises SAM with std ~1e-10 and zero rel-pos tables: activations collapse
-    to ~1e-9 and CPU math hits denormals (one ViT-H forward then takes tens of minutes).
-    Matrices get a truncated normal (std 0.02), biases 0, norms weight 1 / bias 0, the position
-    tables and learned embeddings a small normal, the random Fourier features std 1 (as in the
-    original SAM).
-    """
+    """Seeded init that keeps activations sane: transformers' own (std ~1e-10, zero rel-pos tables)
+    collapses them to ~1e-9 and CPU math hits denormals (a ViT-H forward takes tens of minutes)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -132,19 +103,16 @@ def weights_sha256(model: nn.Module) -> str:
 
 def _check_architecture(model: SamModel, arch: str, where: str) -> None:
     """Fail if loaded weights are not the architecture the params name."""
-    want = ARCHITECTURES[arch]().vision_config
-    got = model.config.vision_config
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_dim"):
-        if getattr(got, key) != getattr(want, key):
-            raise SamrepError(
-                f"{where}: weights are not the '{arch}' architecture "
-                f"(vision {key} = {getattr(got, key)}, expected {getattr(want, key)})"
-            )
-    if list(got.global_attn_indexes) != list(want.global_attn_indexes):
-        raise SamrepError(
-            f"{where}: weights are not the '{arch}' architecture (global_attn_indexes "
-            f"{list(got.global_attn_indexes)}, expected {list(want.global_attn_indexes)})"
-        )
+    want, got = ARCHITECTURES[arch]().vision_config, model.config.vision_config
+    diff = [
+        f"vision {k} = {getattr(got, k)}, expected {getattr(want, k)}"
+        for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_dim")
+        if getattr(got, k) != getattr(want, k)
+    ]
+    g, w = list(got.global_attn_indexes), list(want.global_attn_indexes)
+    diff += [f"global_attn_indexes {g}, expected {w}"] if g != w else []
+    if diff:
+        raise SamrepError(f"{where}: weights are not the '{arch}' architecture ({diff[0]})")
 
 
 def load_model(
@@ -155,19 +123,14 @@ def load_model(
     cache_dir: Path,
     attn_implementation: str = "sdpa",
 ) -> tuple[SamModel, WeightsInfo]:
-    """Load SAM in fp32 on the CPU, in eval mode.
-
-    `weights` is a hub id (hub cache first; the network only when `HF_HUB_OFFLINE` is unset and
-    the hub answers) or a local folder written by `save_pretrained`. When neither has them and
-    `allow_synthetic`, synthetic weights for `arch` are made once, saved under `cache_dir` and
-    reused on later runs.
-    """
+    """Load SAM in fp32 on the CPU, in eval mode, from a hub id (cache first; the network only
+    when HF_HUB_OFFLINE is unset and the hub answers) or a `save_pretrained` folder; else, with
+    `allow_synthetic`, synthetic weights for `arch`, made once and cached under `cache_dir`."""
     if arch not in ARCHITECTURES:
         raise SamrepError(
             f"model.arch: unknown architecture '{arch}' (known: {list(ARCHITECTURES)})"
         )
-    model, source, name = None, "", weights
-    reason = ""
+    model, source, name, reason = None, "", weights, ""
     path = Path(weights).expanduser()
     if weights and (path.is_dir() or weights.startswith((".", "/", "~"))):
         if not (path / "config.json").is_file():
@@ -177,10 +140,8 @@ def load_model(
             try:
                 model = SamModel.from_pretrained(path, attn_implementation=attn_implementation)
             except Exception as exc:  # the user's folder: reported, never replaced
-                raise SamrepError(
-                    f"{path}: cannot load the local weights ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
-                ) from None
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                raise SamrepError(f"{path}: cannot load the local weights ({why})") from None
             source = "local"
     elif weights:
         model, reason = _from_hub(weights, attn_implementation)
@@ -197,23 +158,16 @@ def load_model(
         source = "synthetic"
     _check_architecture(model, arch, f"weights '{name}'")
     model = model.float().eval()
-    info = WeightsInfo(
-        source=source,
-        name=str(name),
-        sha256=weights_sha256(model),
-        synthetic=source == "synthetic",
-        arch=arch,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-    )
+    n = sum(p.numel() for p in model.parameters())
+    info = WeightsInfo(source, str(name), weights_sha256(model), source == "synthetic", arch, n)
     return model, info
 
 
 def _from_hub(repo_id: str, attn_implementation: str) -> tuple[SamModel | None, str]:
     """Hub cache first, then the network if allowed and reachable. Returns (model, why-not)."""
+    attn = dict(attn_implementation=attn_implementation)
     try:
-        model = SamModel.from_pretrained(
-            repo_id, local_files_only=True, attn_implementation=attn_implementation
-        )
+        model = SamModel.from_pretrained(repo_id, local_files_only=True, **attn)
         log(f"weights: {repo_id} from the Hugging Face cache")
         return model, ""
     except OSError:
@@ -229,26 +183,26 @@ def _from_hub(repo_id: str, attn_implementation: str) -> tuple[SamModel | None, 
         return None, "not in the Hugging Face cache and the hub is unreachable"
     log(f"weights: downloading {repo_id} (2.6 GB for ViT-H)")
     try:
-        return SamModel.from_pretrained(repo_id, attn_implementation=attn_implementation), ""
+        return SamModel.from_pretrained(repo_id, **attn), ""
     except OSError as exc:
         return None, f"download failed: {str(exc).splitlines()[0]}"
 
 
 def _synthetic(
-    arch: str, seed: int, cache_dir: Path, attn_implementation: str, reason: str
+    arch: str, seed: int, cache_dir: Path, attn: str, reason: str
 ) -> tuple[SamModel, str]:
     name = f"synthetic-{arch}-seed{seed}"
     folder = Path(cache_dir) / name
     if (folder / "config.json").is_file():
         try:
-            model = SamModel.from_pretrained(folder, attn_implementation=attn_implementation)
+            model = SamModel.from_pretrained(folder, attn_implementation=attn)
             log(f"weights: SYNTHETIC ({reason}); reusing {folder}")
             return model, name
         except Exception as exc:  # a damaged cache is remade: the weights are seeded
             log(f"weights: {folder} is damaged ({type(exc).__name__}); remaking it")
     log(f"weights: SYNTHETIC ({reason}); making {name} (seeded, explicit init)")
     config = ARCHITECTURES[arch]()
-    config._attn_implementation = attn_implementation
+    config._attn_implementation = attn
     torch.manual_seed(seed)
     model = synthetic_init_(SamModel(config), seed)
     checked(folder)  # a cache folder linked outside the hw's folders: refused before any work

@@ -1,17 +1,7 @@
-"""The result record of one row, schema 2: each fact stored once, declared as pydantic models.
+"""The result record of one row (`reports/<hw>/results/<key>.json`), schema 2: each fact once.
 
-A record is `reports/<hw>/results/<key>.json`. Its sections:
-  row          what ran: phase, backend, precision, bs, options (the only place they are stored)
-  status       "ok", "failed" (with reason, failed_stage) or "not_run" (with reason)
-  stamp        the freshness digest of what the result depends on (samrep.store.Stamp)
-  inputs       the image, the weights and the ground truth it was scored against
-  dataset      datasize, repeat, warmup, measure_repeats, validity thresholds
-  timing       p_core / p_whole [img/s], seconds, per-batch core latency percentiles [ms]
-  scores       acc, IoU (and per mask), fidelity: relative L2 of embeddings / low-res logits
-  memory, energy, flops (with MFU), validity, engine_check, stage_times, versions, environment
-  distributed  several processes only: per-rank figures and the aggregate
-`summary(record)` is the one flat view of it that tables and figures read. `read_record` also
-reads schema-1 records (the committed reports before this schema) by upgrading them.
+`summary(record)` is the flat view that tables and figures read; `read_record` also reads (by
+upgrading) schema-1 records, the committed reports before this schema.
 """
 
 from __future__ import annotations
@@ -118,19 +108,14 @@ def upgrade_v1(d: dict) -> dict:
     keep += ("masks_file", "distributed", "dataset", "environment", "stage_times", "versions")
     new |= {k: d[k] for k in keep if d.get(k)}
     if t:
-        lat = {
-            "p50": "core_batch_ms_median",
-            "min": "core_batch_ms_min",
-            "max": "core_batch_ms_max",
-        }
-        new["timing"] = {k: t[k] for k in ("images", "batches", "core_s", "whole_s")} | {
-            "p_core": m.get("p_core", t.get("p_core")),
-            "p_whole": m.get("p_whole", t.get("p_whole")),
-            "latency_ms": {k: t[v] for k, v in lat.items() if v in t},
-            "repeats": t.get("repeats") or [],
-        }
+        lat = {"p50": "core_batch_ms_median", "min": "core_batch_ms_min"}
+        lat["max"] = "core_batch_ms_max"
+        timing = new["timing"] = {k: t[k] for k in ("images", "batches", "core_s", "whole_s")}
+        timing |= {k: m.get(k, t.get(k)) for k in ("p_core", "p_whole")}
+        timing["latency_ms"] = {k: t[v] for k, v in lat.items() if v in t}
+        timing["repeats"] = t.get("repeats") or []
         if "p_core_repeats" in m:
-            new["timing"]["p_core_spread"] = m["p_core_repeats"]
+            timing["p_core_spread"] = m["p_core_repeats"]
     if f:
         new["flops"] = {k: f[k] for k in ("per_image", "peak_key", "peak_flops", "peak_source")}
         new["flops"] |= {k: m.get(k) for k in ("mfu", "mfu_original")}
@@ -154,19 +139,11 @@ def read_record(d: Any, where: str = "record") -> Record:
 
 # summary column -> (section, key): one flat view, units in the names
 _FLAT = {
-    "p_core": ("timing", "p_core"),
-    "p_whole": ("timing", "p_whole"),
-    "acc": ("scores", "acc"),
-    "iou": ("scores", "iou"),
-    "embeddings_rel_l2": ("scores", "embeddings_rel_l2"),
-    "logits_rel_l2": ("scores", "logits_rel_l2"),
-    "mfu": ("flops", "mfu"),
-    "mfu_original": ("flops", "mfu_original"),
-    "mem_peak_gib": ("memory", "peak_gib"),
-    "mem_total_gib": ("memory", "total_gib"),
-    "mem_framework_peak_gib": ("memory", "framework_peak_gib"),
-    "j_per_image": ("energy", "j_per_image"),
-    "img_per_j": ("energy", "img_per_j"),
+    **{k: ("timing", k) for k in ("p_core", "p_whole")},
+    **{k: ("scores", k) for k in ("acc", "iou", "embeddings_rel_l2", "logits_rel_l2")},
+    **{k: ("flops", k) for k in ("mfu", "mfu_original")},
+    **{f"mem_{k}": ("memory", k) for k in ("peak_gib", "total_gib", "framework_peak_gib")},
+    **{k: ("energy", k) for k in ("j_per_image", "img_per_j")},
     "valid": ("validity", "valid"),
 }
 

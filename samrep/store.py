@@ -1,13 +1,9 @@
-"""The store: atomic writes, JSON, hashes, fingerprints, stamps and the one freshness check.
+"""The store: atomic writes, JSON, hashes, stamps and the one freshness check.
 
-Every file samrep writes goes through `write_bytes` (a temporary file in the same folder, fsync,
-rename), so a killed run leaves the old file or the new one, never a partial one. Before a write
-or a removal the real path (symbolic links resolved) must lie inside one of the folders granted
-with `confine` (a hw's data and report folders): nothing is ever written outside them.
-
-A stamp is a mapping of what a result depends on (hashes of code, params, inputs); its digest is
-stored in the result. `is_fresh(stored, stamp)` is the only freshness test: the stored digest
-equals the digest of the stamp as it would be now.
+Every write goes through `write_bytes` (temporary file in the same folder, fsync, rename): a killed
+run leaves the old file or the new one. Writes and removals must resolve (links followed) inside
+the folders granted with `confine`. A stamp maps what a result depends on (hashes of code, params,
+inputs); `is_fresh(stored, stamp)`, the one freshness test, compares its digest with the stored one.
 """
 
 from __future__ import annotations
@@ -118,9 +114,8 @@ def remove_stale_temporaries(folder: Path) -> int:
     for p in sorted(Path(folder).rglob("*.tmp*")) if Path(folder).is_dir() else []:
         pid = re.search(r"\.tmp(\d+)(\.[A-Za-z0-9]+)?$", p.name)  # a notebook's: ".tmp<pid>.ipynb"
         old_style = p.name.startswith(".") and p.name.endswith(".tmp")
-        if (old_style or (pid and not _alive(int(pid[1])))) and not any(
-            s in p.parents for s in stale
-        ):
+        inside_stale = any(s in p.parents for s in stale)  # removed with its folder
+        if (old_style or (pid and not _alive(int(pid[1])))) and not inside_stale:
             stale.append(p)
     for p in stale:  # collected first: removing a folder while walking it skips nothing
         remove(p)
@@ -147,24 +142,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def fingerprint(path: Path) -> str | None:
-    """A cheap fingerprint of a file or folder: (name, size, mtime) of each file; None if absent."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    if not path.exists():
-        return None
-    entries = [
-        [
-            p.relative_to(path).as_posix() if p != path else p.name,
-            p.stat().st_size,
-            p.stat().st_mtime_ns,
-        ]
-        for p in files
-        if not p.name.startswith(".")
-    ]
-    return sha256_bytes(json.dumps(entries).encode())
 
 
 def code_digest(*modules: str) -> str:

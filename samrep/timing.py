@@ -1,12 +1,11 @@
 """The two timed regions of the case, defined once and used by every backend and process.
 
-core  = synchronize, host-to-device copy, forward, synchronize (clock read after the first sync
-        and after the last): the engine's own speed. p_core = images / sum of core times.
-whole = the wall time of the whole measured loop: building each batch from host memory, the core
-        region, post-processing to the original image size and scoring against the ground truth
-        held in device memory. p_whole = images / whole time.
-Warm-up batches run first and are excluded from both. The clock is time.perf_counter.
-Latency is the per-batch core time [ms]; its percentiles are nearest-rank over the timed batches.
+core  = sync, host-to-device copy, forward, sync (clock read after each sync): the engine's speed;
+        p_core = images / sum of core times [img/s].
+whole = wall time of the measured loop: batches built from host memory, core, post-processing to
+        the original size, scoring against the on-device ground truth; p_whole = images / whole.
+Warm-up batches run first, outside both; the clock is time.perf_counter. Latency is the per-batch
+core time [ms], its percentiles nearest-rank over the timed batches.
 """
 
 from __future__ import annotations
@@ -76,9 +75,8 @@ def measure(
     """Run `repeat` passes over `dataset` through `backend`, timing core and whole.
 
     after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) post-processes and scores inside
-    the whole region. barrier() (several processes) runs after the warm-up, so every process
-    starts its timed loop together; meter.start()/stop() (energy) bracket the timed loop.
-    """
+    whole; barrier() (several processes) after the warm-up starts every timed loop together;
+    meter.start()/stop() (energy) bracket the timed loop."""
     batches = iter(dataset)
     for _ in range(warmup):
         pv, pts = next(batches, None) or next(iter(dataset))
@@ -101,16 +99,8 @@ def measure(
     whole = time.perf_counter() - t_whole
     if meter is not None:
         meter.stop()
-    return Timing(
-        len(core_times) * dataset.bs,
-        len(core_times),
-        dataset.bs,
-        repeat,
-        warmup,
-        whole,
-        sum(core_times),
-        [t * 1000 for t in core_times],
-    )
+    n, ms = len(core_times), [t * 1000 for t in core_times]
+    return Timing(n * dataset.bs, n, dataset.bs, repeat, warmup, whole, sum(core_times), ms)
 
 
 def median_timing(timings: list[Timing]) -> Timing:

@@ -1,11 +1,8 @@
 """Validity checks of a measurement, kept in every result as `validity: {checks, valid}`.
 
-A result failing a check is marked invalid (the report says which and why), never dropped. Each
-check is {"ok": True | False | None, "detail": str, ...}; None is informational (not judged).
-Checks: min iterations and seconds per measurement, warm-up outside the clock, no other process
-on the GPU at the start (NVML; on the CPU the load average, informational: it cannot tell other
-processes from this one's earlier rows), a monotonic sub-microsecond clock (time.perf_counter),
-and the ground-truth files and weights are the ones the manifest names (sha256).
+A failing result is marked invalid (which check, why), never dropped. A check is {"ok": True |
+False | None (informational), "detail": str, ...}: iterations, seconds, warm-up outside the clock,
+an idle GPU at the start, a monotonic sub-us clock, ground truth and weights as the manifest's.
 """
 
 from __future__ import annotations
@@ -77,8 +74,7 @@ def clock_check() -> dict:
 def validity(params, timings: list, start_state: dict, gt, weights_sha256: str | None) -> dict:
     """The checks of one row's measurements (`timings`: one samrep.timing.Timing per repeat)."""
     min_it, min_s = params.data.min_iterations, params.data.min_seconds
-    batches = min(t.batches for t in timings)
-    core_s = min(t.core_s for t in timings)
+    batches, core_s = min(t.batches for t in timings), min(t.core_s for t in timings)
     warmup = min(t.warmup_batches for t in timings)
     iterations = f"{batches} timed batches per measurement (data.min_iterations {min_it})"
     seconds = f"{core_s:.3f} s of core time per measurement (data.min_seconds {min_s:g})"
@@ -95,11 +91,8 @@ def validity(params, timings: list, start_state: dict, gt, weights_sha256: str |
         gt_hash = "every ground-truth file matches the manifest's sha256"
     want = gt.manifest["weights"].get("sha256")
     weights_ok = weights_sha256 is not None and weights_sha256 == want
-    weights = "the weights that ran are the manifest's"
-    if not weights_ok:
-        weights = (
-            f"weights sha256 {str(weights_sha256)[:12]} is not the manifest's {str(want)[:12]}"
-        )
+    weights = f"weights sha256 {str(weights_sha256)[:12]} is not the manifest's {str(want)[:12]}"
+    weights = "the weights that ran are the manifest's" if weights_ok else weights
     checks = {
         "iterations": _check(batches >= min_it, iterations, value=batches, required=min_it),
         "seconds": _check(core_s >= min_s, seconds, value=core_s, required=min_s),
@@ -110,9 +103,3 @@ def validity(params, timings: list, start_state: dict, gt, weights_sha256: str |
         "weights_hash": _check(weights_ok, weights),
     }
     return {"checks": checks, "valid": all(c["ok"] is not False for c in checks.values())}
-
-
-def failed_checks(record: dict) -> list[str]:
-    """Names of the checks a record failed ([] when valid or when it has no validity)."""
-    checks = (record.get("validity") or {}).get("checks") or {}
-    return [k for k, c in checks.items() if c.get("ok") is False]
