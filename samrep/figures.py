@@ -1,9 +1,5 @@
-"""The summary's figures (matplotlib; no IPython here). Each returns its figure or axes.
-
-`plot_metric` is the one plot of a summary column against another (batch size by default);
-`mask_overlay` the one drawing of a prediction against the ground truth; `load_report` reads
-what they draw (records, ground truth, image, masks) and lists what it could not read.
-"""
+"""The summary's figures (matplotlib, no IPython), and `load_report`: what they draw. One plot of
+a column against another (`plot_metric`), one drawing of masks against the truth (`mask_overlay`)."""
 
 from __future__ import annotations
 
@@ -16,10 +12,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import cbook
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from samrep.record import Record
-from samrep.tables import PUBLISHED_P_CORE, best_rows, label, load_records
+from samrep.tables import PUBLISHED_P_CORE, best_rows, fmt, label, load_records
 
 
 @dataclass
@@ -62,12 +59,9 @@ def _image(info: dict) -> np.ndarray | None:
 
 
 def load_report(folder: Path, data_dir: Path | None = None, keys=None) -> ReportData:
-    """Records, ground truth (data_dir/manifest.json and sam_gt_*.pt) and image of a report.
-
-    Without the ground truth on this machine, masks are compared with the best fp32 HF eager
-    row's (said in `reference`)."""
-    records, problems = load_records(folder, keys)
-    data = ReportData(Path(folder), records, problems)
+    """Records, ground truth (data_dir: manifest.json, sam_gt_*.pt), image and the best rows'
+    masks; without the ground truth here, the fp32 HF eager row's masks stand in (`reference`)."""
+    data = ReportData(Path(folder), *load_records(folder, keys))
     path = Path(data_dir or "") / "manifest.json"
     try:
         import torch
@@ -78,21 +72,16 @@ def load_report(folder: Path, data_dir: Path | None = None, keys=None) -> Report
     except FileNotFoundError:
         pass
     except Exception as exc:
-        problems.append(f"{path}: ground truth not readable ({type(exc).__name__}: {exc})")
-    first = next((r for r in records if r.inputs.get("image")), None)
-    image = data.manifest.get("image") or (first.inputs["image"] if first else {})
-    data.image = _image(image) if image else None
-    if data.gt is None:
-        ref = [r for r in records if r.status == "ok" and r.row.phase == "val" and r.masks_file]
-        ref = sorted(ref, key=lambda r: (r.row.precision != "fp32", r.row.bs))[:1]
-        data.gt = load_masks(data, ref[0]) if ref else None
-        if data.gt is not None:
-            order = (ref[0].inputs.get("ground_truth") or {}).get("order", [0, 1, 2])
-            data.gt = data.gt[order]
-            data.reference = f"{ref[0].key}'s masks (the ground truth is not on this machine)"
-    for rec in best_rows(records):
-        masks = load_masks(data, rec) if rec.masks_file else None
-        data.masks.update({rec.key: masks} if masks is not None else {})
+        data.problems.append(f"{path}: ground truth not readable ({type(exc).__name__}: {exc})")
+    first = next((r for r in data.records if r.inputs.get("image")), None)
+    data.image = _image(data.manifest.get("image") or (first.inputs["image"] if first else {}))
+    ref = [r for r in data.records if r.row.phase == "val" and r.status == "ok" and r.masks_file]
+    ref = sorted(ref, key=lambda r: (r.row.precision != "fp32", r.row.bs))[:1]
+    if data.gt is None and ref and (gt := load_masks(data, ref[0])) is not None:
+        data.gt = gt[(ref[0].inputs.get("ground_truth") or {}).get("order", [0, 1, 2])]
+        data.reference = f"{ref[0].key}'s masks (the ground truth is not on this machine)"
+    masks = {r.key: load_masks(data, r) for r in best_rows(data.records) if r.masks_file}
+    data.masks = {k: m for k, m in masks.items() if m is not None}
     return data
 
 
@@ -100,19 +89,12 @@ LABELS = {"bs": "batch size", "p_core": "p_core [images/s]", "acc": "acc (pixel 
 MISSED, EXTRA = (0.9, 0.05, 0.05), (0.1, 0.35, 1.0)  # in the ground truth only / prediction only
 
 
-def _group(s: pd.Series) -> str:
-    name = "HF eager" if s["phase"] == "val" and s["backend"] == "torch" else s["backend"]
-    return f"{name} {s['precision']}"
-
-
 def plot_metric(df: pd.DataFrame, y: str, x: str = "bs", ax=None, upper: str | None = None):
-    """Column y against column x of `tables.frame(records)`, one line per engine and precision
-    over its batch sizes (a point labelled with its bs where x is not bs); `upper`: a column
-    drawn as a bar above each point (e.g. the p99 latency over the p50)."""
+    """Column y against x of `tables.frame(records)`, a line per engine over its batch sizes (each
+    point labelled with its bs where x is not bs); `upper`: a column drawn as a bar above it."""
     ax = ax or plt.subplots(figsize=(6, 3.6))[1]
     ok = df[(df["status"] == "ok") & df[y].notna() & df[x].notna()] if len(df) else df
-    for name, g in ok.groupby(ok.apply(_group, axis=1)) if len(ok) else []:
-        g = g.sort_values("bs")
+    for name, g in ok.sort_values("bs").groupby("engine") if len(ok) else []:
         (line,) = ax.plot(g[x], g[y], marker="o", ms=4, label=name, lw=1 if x == "bs" else 0.6)
         if upper:
             ax.vlines(g[x], g[y], g[upper], color=line.get_color(), lw=2, alpha=0.5)
@@ -121,8 +103,7 @@ def plot_metric(df: pd.DataFrame, y: str, x: str = "bs", ax=None, upper: str | N
                 ax.annotate(f"bs{bs}", (xi, yi), fontsize=6)
     if x == "bs":
         ax.set_xscale("log", base=2)
-    ax.set_xlabel(LABELS.get(x, x))
-    ax.set_ylabel(LABELS.get(y, y))
+    ax.set(xlabel=LABELS.get(x, x), ylabel=LABELS.get(y, y))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7) if len(ok) else None
     return ax
@@ -158,15 +139,8 @@ def headline_figure(records: list, df: pd.DataFrame):
 
 def dilate(mask: np.ndarray, r: int) -> np.ndarray:
     """Binary dilation by a (2r+1)-square, so that single pixels survive downscaling."""
-    out = mask.copy()
-    for k in range(1, r + 1):
-        out[k:] |= mask[:-k]
-        out[:-k] |= mask[k:]
-    rows = out.copy()
-    for k in range(1, r + 1):
-        out[:, k:] |= rows[:, :-k]
-        out[:, :-k] |= rows[:, k:]
-    return out
+    rows = sliding_window_view(np.pad(mask, ((r, r), (0, 0))), 2 * r + 1, axis=0).any(-1)
+    return sliding_window_view(np.pad(rows, ((0, 0), (r, r))), 2 * r + 1, axis=1).any(-1)
 
 
 def cluster_window(diff: np.ndarray, size: float = 0.25) -> tuple[slice, slice]:
@@ -184,31 +158,37 @@ def cluster_window(diff: np.ndarray, size: float = 0.25) -> tuple[slice, slice]:
 def mask_overlay(ax, image, gt: np.ndarray, pred: np.ndarray, window=None, r: int = 0) -> None:
     """The image greyed, the ground-truth mask tinted, pixels that differ coloured (red: missed,
     blue: extra), dilated by r; window: (rows, cols) slices to zoom on."""
-    window = window or (slice(None), slice(None))
     rgb = np.zeros((*gt.shape, 3)) + 0.6 if image is None else image.mean(-1, keepdims=True) / 255
     rgb = np.broadcast_to(rgb, (*gt.shape, 3)) * 0.55 + 0.4
     rgb = np.where(gt[..., None], rgb * (0.75, 0.9, 0.75), rgb)
     for where, colour in ((gt & ~pred, MISSED), (pred & ~gt, EXTRA)):
-        rgb = np.where(dilate(where, r)[..., None] if r else where[..., None], colour, rgb)
-    ax.imshow(rgb[window], interpolation="nearest")
+        rgb = np.where(dilate(where, r)[..., None], colour, rgb)
+    ax.imshow(rgb[window or (slice(None), slice(None))], interpolation="nearest")
     ax.set(xticks=[], yticks=[])
 
 
-def masks_figure(image, gt: np.ndarray, rows: list[tuple[str, np.ndarray, list[int]]]):
-    """One figure row per (title, pred masks (3, H, W) in output order, order): for each of the
-    3 masks the whole image, then a zoom onto where the differing pixels cluster."""
-    n = len(gt)
-    h, w = gt.shape[1:]
-    size = (2 * n * 2.1, len(rows) * 2.1 * h / w + 0.5)
-    fig, axes = plt.subplots(len(rows), 2 * n, figsize=size, squeeze=False)
+def masks_figure(data: ReportData, keys: list[str] | None = None):
+    """One figure row per record (`keys`, default: the best rows but the reference), each of its
+    3 masks against data.gt whole, then zoomed onto where the differing pixels cluster."""
+    by_key, rows = {r.key: r for r in data.records}, []
+    for key in keys or [k for k in data.masks if not data.reference.startswith(k)]:
+        rec = by_key[key]
+        pred = data.masks[key] if key in data.masks else load_masks(data, rec)
+        if pred is not None:
+            order = (rec.inputs.get("ground_truth") or {}).get("order", [0, 1, 2])
+            rows.append((f"{label(rec)}\nacc {fmt(rec.scores.acc)}", pred[order]))
+    if not rows or data.gt is None:
+        return None
+    gt, (h, w) = data.gt, data.gt.shape[1:]
+    size = (2 * len(gt) * 2.1, len(rows) * 2.1 * h / w + 0.5)
+    fig, axes = plt.subplots(len(rows), 2 * len(gt), figsize=size, squeeze=False)
     r = max(1, w // 250)
-    for ax_row, (title, pred, order) in zip(axes, rows, strict=True):
-        for i in range(n):
-            p = pred[order[i]]
-            diff = gt[i] != p
+    for ax_row, (title, pred) in zip(axes, rows, strict=True):
+        for i, (g, p) in enumerate(zip(gt, pred, strict=True)):
+            diff = g != p
             win = cluster_window(diff)
-            mask_overlay(ax_row[2 * i], image, gt[i], p, r=r)
-            mask_overlay(ax_row[2 * i + 1], image, gt[i], p, window=win, r=max(1, r // 2))
+            mask_overlay(ax_row[2 * i], data.image, g, p, r=r)
+            mask_overlay(ax_row[2 * i + 1], data.image, g, p, window=win, r=max(1, r // 2))
             agree = f"mask {i}: {100 * (1 - diff.mean()):.3f}% agree, {diff.sum()} px differ"
             ax_row[2 * i].set_title(agree, fontsize=7)
             ax_row[2 * i + 1].set_title(f"zoom: {diff[win].sum()} of them", fontsize=7)
@@ -221,12 +201,12 @@ def plot_ground_truth(image, gt: np.ndarray, point, title: str = ""):
     """The image with its prompt point, then each ground-truth mask (smallest first)."""
     fig, axes = plt.subplots(1, 1 + len(gt), figsize=(3.2 * (1 + len(gt)), 3))
     axes[0].imshow(image if image is not None else np.ones((*gt.shape[1:], 3)))
-    for i, ax in enumerate(axes):
-        if i:
-            mask_overlay(ax, image, gt[i - 1], gt[i - 1])
-            ax.set_title(f"sam_gt_{i - 1}.pt: {100 * gt[i - 1].mean():.1f}% of pixels", fontsize=8)
+    axes[0].set_title(title, fontsize=8)
+    for i, (ax, mask) in enumerate(zip(axes[1:], gt, strict=True)):
+        mask_overlay(ax, image, mask, mask)
+        ax.set_title(f"sam_gt_{i}.pt: {100 * mask.mean():.1f}% of pixels", fontsize=8)
+    for ax in axes:
         ax.plot(*point, marker="*", color="cyan", markersize=12, markeredgecolor="k")
         ax.set(xticks=[], yticks=[])
-    axes[0].set_title(title, fontsize=8)
     fig.tight_layout()
     return fig

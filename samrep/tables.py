@@ -1,10 +1,5 @@
-"""The summary's tables, from the result records of one hardware report (no IPython here).
-
-`spec_table` lays the rows out in the case's columns and order (sam_h_case.md section 4): each
-engine ("infer") row beside the HF eager ("val") row at its precision and batch size, as the
-published table did. Reasons and notes go to footnotes, so the table fits a 1280-px page.
-Records are read only through samrep.record; `load_records` never stops at a bad file.
-"""
+"""The summary's tables from one hardware report's records (no IPython here); `spec_table`: the
+case's columns and order (sam_h_case.md section 4), notes as footnotes, to fit a 1280-px page."""
 
 from __future__ import annotations
 
@@ -21,15 +16,10 @@ SPEC_COLUMNS = ["engine", "precision", "bs", "e2e_time", "p_val_whole", "p_val_c
 SPEC_COLUMNS += ["p_infer_whole", "p_infer_core", "MFU", "acc", "mem"]
 PRECISIONS, PCT = ["fp32", "tf32", "fp16", "bf16", "fp8"], (50, 90, 99)
 # Published FlagPerf sam_h rows (NVIDIA A100-SXM4-40GB, TensorRT 8.6.1, CUDA 12.1), as printed.
-PUBLISHED_A100 = pd.DataFrame(
-    [
-        line.split()
-        for line in """\
+_PUBLISHED = """\
 tensorrt fp16 4 1895.1 9.3 10.7 7.9 11.8 11.8% 0.89/1.0 23.7/40.0
-tensorrt fp32 2 1895.1 6.8 7.5 5.5 7.0 13.9% 1.0/1.0 18.1/40.0""".splitlines()
-    ],
-    columns=SPEC_COLUMNS,
-)
+tensorrt fp32 2 1895.1 6.8 7.5 5.5 7.0 13.9% 1.0/1.0 18.1/40.0"""
+PUBLISHED_A100 = pd.DataFrame([r.split() for r in _PUBLISHED.splitlines()], columns=SPEC_COLUMNS)
 PUBLISHED_P_CORE = {"fp16": 11.8, "fp32": 7.0}  # half precisions vs fp16, fp32/tf32 vs "fp32"
 PUBLISHED_NOTE = (
     "Published by FlagPerf (case sam_h) on an NVIDIA A100-SXM4-40GB, TensorRT 8.6.1. Its MFU uses "
@@ -42,23 +32,19 @@ PUBLISHED_NOTE = (
 def num(x, sig: int = 3) -> str:
     """`sig` significant digits, at least one decimal: 0.0263, 7.00, 74.1, 1895.1; None -> "–"."""
     if x is None or isinstance(x, str) or (isinstance(x, float) and math.isnan(x)):
-        return "–" if x is None or not isinstance(x, str) else x
+        return x if isinstance(x, str) else "–"
     if x == 0:
         return "0"
     return f"{x:.{max(1, sig - 1 - math.floor(math.log10(abs(x))))}f}"
 
 
-def frac(x) -> str:  # acc, IoU: fractions near 1
-    return "–" if x is None else f"{x:.4f}"
+def fmt(x, spec: str = ".4f") -> str:
+    """x formatted (".4f": acc and IoU, fractions near 1; ".2e": relative errors); None -> "–"."""
+    return "–" if x is None else format(x, spec)
 
 
-def sci(x) -> str:
-    return "–" if x is None else f"{x:.2e}"
-
-
-def as_records(items: list) -> list[Record]:
-    """Records from record mappings (schema 1 or 2), or records as they are."""
-    return [r if isinstance(r, Record) else read_record(r) for r in items]
+def pct(x) -> str:
+    return "–" if x is None else f"{num(100 * x)}%"
 
 
 def load_records(folder: Path, keys: list[str] | None = None) -> tuple[list[Record], list[str]]:
@@ -74,53 +60,47 @@ def load_records(folder: Path, keys: list[str] | None = None) -> tuple[list[Reco
     return [by_key[k] for k in keys if k in by_key] if keys is not None else records, problems
 
 
+def engine(rec: Record) -> str:
+    """An engine and precision: "HF eager" for the val phase (backend torch), else the backend."""
+    eager = rec.row.phase == "val" and rec.row.backend == "torch"
+    return f"{'HF eager' if eager else rec.row.backend} {rec.row.precision}"
+
+
+def label(rec: Record) -> str:
+    return f"{engine(rec)} bs{rec.row.bs}"
+
+
 def frame(records: list[Record]) -> pd.DataFrame:
-    """summary() of every record, one row each."""
-    return pd.DataFrame([summary(r) for r in records])
+    """summary() of every record, one row each, with its `engine` (the figures' line label)."""
+    return pd.DataFrame([summary(r) | {"engine": engine(r)} for r in records])
 
 
-def best_rows(records: list[Record], phase: str | None = None) -> list[Record]:
+def best_rows(records: list[Record]) -> list[Record]:
     """Per (phase, backend, precision) its ok row with the highest p_core, fastest first."""
     best: dict = {}
     for r in records:
-        if r.status == "ok" and r.timing and (phase is None or r.row.phase == phase):
+        if r.status == "ok" and r.timing:
             k = (r.row.phase, r.row.backend, r.row.precision)
             if k not in best or r.timing.p_core > best[k].timing.p_core:
                 best[k] = r
     return sorted(best.values(), key=lambda r: -r.timing.p_core)
 
 
-def label(rec: Record) -> str:
-    """An engine's short name: "HF eager" for the val phase (backend torch), else the backend."""
-    name = "HF eager" if rec.row.phase == "val" and rec.row.backend == "torch" else rec.row.backend
-    return f"{name} {rec.row.precision} bs{rec.row.bs}"
-
-
 def headline(records: list[Record]) -> pd.DataFrame:
     """Per precision: the fastest row, its speed-up over HF eager (the best val torch row at that
     precision) and over the published A100 TensorRT row, its acc and IoU."""
     rows = []
-    for p in sorted(
-        {r.row.precision for r in records},
-        key=lambda p: PRECISIONS.index(p) if p in PRECISIONS else 9,
-    ):
+    for p in PRECISIONS + sorted({r.row.precision for r in records} - set(PRECISIONS)):
         ok = best_rows([r for r in records if r.row.precision == p])
-        eager = [r for r in ok if r.row.phase == "val" and r.row.backend == "torch"]
+        eager = [r.timing.p_core for r in ok if engine(r) == f"HF eager {p}"]
         ref = "fp32" if p in ("fp32", "tf32") else "fp16"
         for top in ok[:1]:
-            x, s = top.timing.p_core, summary(top)
-            rows.append(
-                [p, label(top), num(x), f"{num(x / eager[0].timing.p_core)}×" if eager else "–"]
-            )
-            rows[-1] += [
-                f"{num(x / PUBLISHED_P_CORE[ref])}× ({ref}: {PUBLISHED_P_CORE[ref]} img/s)"
-            ]
-            rows[-1] += [frac(s["acc"]), frac(s["iou"])]
-    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
-
-
-HEADLINE_COLUMNS = ["precision", "fastest", "p_infer_core [img/s]", "× HF eager"]
-HEADLINE_COLUMNS += ["× A100 TensorRT (published)", "acc", "IoU"]
+            x, s, pub = top.timing.p_core, summary(top), PUBLISHED_P_CORE[ref]
+            speed = [num(x), f"{num(x / eager[0])}×" if eager else "–"]
+            speed += [f"{num(x / pub)}× ({ref}: {pub} img/s)"]
+            rows.append([p, label(top), *speed, fmt(s["acc"]), fmt(s["iou"])])
+    columns = ["precision", "fastest", "p_infer_core [img/s]", "× HF eager"]
+    return pd.DataFrame(rows, columns=columns + ["× A100 TensorRT (published)", "acc", "IoU"])
 
 
 def headline_line(records: list[Record]) -> str:
@@ -141,9 +121,20 @@ def spec_table(records: list[Record], gt_seconds: float | None = None):
     mem peak/total GiB of the headline phase, MFU true-FLOP against the device's peak."""
     notes: list[str] = []
 
-    def mark(text: str) -> str:
+    def mark(text: str) -> str:  # the footnote's number; each note listed once
         notes.append(text) if text not in notes else None
         return f"<sup>{notes.index(text) + 1}</sup>"
+
+    def p(rec, key) -> str:  # a throughput, with its min-max over repeats, or why there is none
+        if rec is None:
+            return "–"
+        if rec.status != "ok":
+            stage = f" ({rec.failed_stage})" if rec.status == "failed" else ""
+            return rec.status.replace("_", " ") + mark(f"{rec.key}{stage}: {rec.reason}")
+        spread = (rec.timing.model_extra or {}).get(f"{key}_spread")  # [min, max]; schema 1: dict
+        lo, hi = (spread["min"], spread["max"]) if isinstance(spread, dict) else spread or (0, 0)
+        x = num(getattr(rec.timing, key))
+        return f"{x} [{num(lo)}-{num(hi)}]" if spread else x
 
     val = {(r.row.precision, r.row.bs): r for r in records if r.row.phase == "val"}
     pairs = [(r, val.get((r.row.precision, r.row.bs))) for r in records if r.row.phase == "infer"]
@@ -152,58 +143,23 @@ def spec_table(records: list[Record], gt_seconds: float | None = None):
     rows = []
     for inf, v in pairs:
         head = inf or v
-        s = summary(head)
+        s, ok, mfu, mem = summary(head), head.status == "ok", "–", "–"
         e2e = (gt_seconds or 0) + sum(sum((r.stage_times or {}).values()) for r in (inf, v) if r)
-
-        def p(rec, key):
-            if rec is None:
-                return "–"
-            stage = f" ({rec.failed_stage})" if rec.status == "failed" else ""
-            if rec.status != "ok":
-                return rec.status.replace("_", " ") + mark(f"{rec.key}{stage}: {rec.reason}")
-            spread = (rec.timing.model_extra or {}).get(f"{key}_spread")  # with repeats
-            x = num(getattr(rec.timing, key))
-            return f"{x} [{num(spread['min'])}-{num(spread['max'])}]" if spread else x
-
-        mfu = "–"
-        if head.status == "ok" and head.flops:
-            mfu = _pct(s["mfu"]) if s["mfu"] is not None else "not available: peak unknown"
+        if ok and head.flops:
+            mfu = pct(s["mfu"]) if s["mfu"] is not None else "not available: peak unknown"
             if "estimate" in head.flops.peak_source:
                 mfu += mark("MFU against an estimated CPU peak (params' peak source)")
-        mem = "–"
-        if head.status == "ok" and s["mem_peak_gib"] is not None:
+        if ok and s["mem_peak_gib"] is not None:
             mem = f"{num(s['mem_peak_gib'])}/{num(s['mem_total_gib'])}"
             if (head.memory or {}).get("method") == "rss":
                 mem += mark("mem: process RSS / host RAM (a CPU has no device memory)")
-        acc = "/".join(frac(r.scores.acc) if r and r.scores else "–" for r in (inf, v))
-        engine = inf.row.backend if inf else "HF eager (val only)"
+        acc = "/".join(fmt(r.scores.acc) if r and r.scores else "–" for r in (inf, v))
+        name = inf.row.backend if inf else "HF eager (val only)"
         if s["valid"] is False:
-            engine += mark(f"{head.key}: measurement invalid ({', '.join(s['failed_checks'])})")
-        rows.append(
-            [engine, head.row.precision, head.row.bs, num(e2e), p(v, "p_whole"), p(v, "p_core")]
-            + [p(inf, "p_whole"), p(inf, "p_core"), mfu, acc, mem]
-        )
+            name += mark(f"{head.key}: measurement invalid ({', '.join(s['failed_checks'])})")
+        row = [name, head.row.precision, head.row.bs, num(e2e), p(v, "p_whole"), p(v, "p_core")]
+        rows.append(row + [p(inf, "p_whole"), p(inf, "p_core"), mfu, acc, mem])
     return pd.DataFrame(rows, columns=SPEC_COLUMNS), notes
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{num(100 * x)}%"
-
-
-# The details table: column -> its cell from a row's summary().
-DETAILS = {
-    "row": lambda s: s["key"],
-    "p_core [img/s]": lambda s: num(s["p_core"]),
-    "latency p50/p90/p99 [ms]": lambda s: "/".join(num(s[f"latency_p{n}_ms"]) for n in PCT),
-    "MFU (3.1e12 conv.)": lambda s: _pct(s["mfu_original"]),
-    "acc": lambda s: frac(s["acc"]),
-    "IoU": lambda s: frac(s["iou"]),
-    "embeddings rel. L2": lambda s: sci(s["embeddings_rel_l2"]),
-    "logits rel. L2": lambda s: sci(s["logits_rel_l2"]),
-    "framework peak [GiB]": lambda s: num(s["mem_framework_peak_gib"]),
-    "img/J": lambda s: s["energy"] if s["img_per_j"] is None else num(s["img_per_j"]),
-    "valid": lambda s: {True: "yes", False: "no", None: "–"}[s["valid"]],
-}
 
 
 def table(items: list, spec: dict) -> pd.DataFrame:
@@ -211,21 +167,33 @@ def table(items: list, spec: dict) -> pd.DataFrame:
     return pd.DataFrame([{c: f(i) for c, f in spec.items()} for i in items], columns=list(spec))
 
 
-def details_table(records: list[Record]) -> pd.DataFrame:
-    """Every ok row's figures the case's table has no room for: latency, fidelity, energy."""
-    return table([summary(r) for r in records if r.status == "ok"], DETAILS)
-
-
-def _stages(r: Record) -> str:
-    return ", ".join(f"{k.removesuffix('_s')} {num(v)}" for k, v in r.stage_times.items() if v)
-
-
+# The details table: column -> its cell from a row's summary().
+DETAILS = {
+    "row": lambda s: s["key"],
+    "p_core [img/s]": lambda s: num(s["p_core"]),
+    "latency p50/p90/p99 [ms]": lambda s: "/".join(num(s[f"latency_p{n}_ms"]) for n in PCT),
+    "MFU (3.1e12 conv.)": lambda s: pct(s["mfu_original"]),
+    "acc": lambda s: fmt(s["acc"]),
+    "IoU": lambda s: fmt(s["iou"]),
+    "embeddings rel. L2": lambda s: fmt(s["embeddings_rel_l2"], ".2e"),
+    "logits rel. L2": lambda s: fmt(s["logits_rel_l2"], ".2e"),
+    "framework peak [GiB]": lambda s: num(s["mem_framework_peak_gib"]),
+    "img/J": lambda s: s["energy"] if s["img_per_j"] is None else num(s["img_per_j"]),
+    "valid": lambda s: {True: "yes", False: "no", None: "–"}[s["valid"]],
+}
 MATH = {
     "row": lambda r: r.key,
     "math mode": lambda r: r.math_mode or r.row.precision,
     "status": lambda r: r.status if r.status == "ok" else f"{r.status}: {r.reason}",
-    "stage times [s]": lambda r: _stages(r) or "–",
+    "stage times [s]": lambda r: (
+        ", ".join(f"{k.removesuffix('_s')} {num(v)}" for k, v in r.stage_times.items() if v) or "–"
+    ),
 }
+
+
+def details_table(records: list[Record]) -> pd.DataFrame:
+    """Every ok row's figures the case's table has no room for: latency, fidelity, energy."""
+    return table([summary(r) for r in records if r.status == "ok"], DETAILS)
 
 
 def math_table(records: list[Record]) -> pd.DataFrame:
@@ -234,7 +202,7 @@ def math_table(records: list[Record]) -> pd.DataFrame:
 
 
 def _cell(x) -> str:
-    return x if isinstance(x, str) else str(x) if isinstance(x, bool | int) else num(x)
+    return str(x) if isinstance(x, bool | int) else num(x)  # num: strings as they are
 
 
 def json_table(path: Path, columns: dict[str, str], key: str = "rows") -> pd.DataFrame | None:
@@ -242,8 +210,7 @@ def json_table(path: Path, columns: dict[str, str], key: str = "rows") -> pd.Dat
     there is no such file."""
     if not Path(path).is_file():
         return None
-    data = json.loads(Path(path).read_text())
-    items = data.get(key, []) if isinstance(data, dict) else data
+    items = json.loads(Path(path).read_text())[key]
     return table(items, {c: (lambda i, k=k: _cell(i.get(k))) for k, c in columns.items()})
 
 
@@ -259,8 +226,8 @@ SCALING = {
     "world size": lambda r: r.distributed["world_size"],
     "single-GPU p_core [img/s]": lambda r: num(r.distributed["single_gpu_p_core"]),
     "aggregate p_core [img/s]": lambda r: num(r.distributed["aggregate_p_core"]),
-    "efficiency": lambda r: _pct(r.distributed["scaling_efficiency"]),
-    "acc (min over ranks)": lambda r: frac(r.distributed.get("acc_min")),
+    "efficiency": lambda r: pct(r.distributed["scaling_efficiency"]),
+    "acc (min over ranks)": lambda r: fmt(r.distributed.get("acc_min")),
 }
 
 
@@ -273,9 +240,8 @@ def scaling_table(records: list[Record]) -> pd.DataFrame:
 def commits(records: list[Record]) -> str:
     """Every commit among the records, with its row count when there are several."""
     counts = pd.Series([r.environment.get("git_commit") for r in records]).value_counts(sort=False)
-    if len(counts) <= 1:
-        return next(iter(counts.index), "unknown")
-    return ", ".join(f"{c} ({n} row{'s' * (n != 1)})" for c, n in counts.items())
+    rows = [f" ({n} row{'s' * (n != 1)})" if len(counts) > 1 else "" for n in counts]
+    return ", ".join(f"{c}{n}" for c, n in zip(counts.index, rows, strict=True)) or "unknown"
 
 
 def index_html(entries: list[dict]) -> str:

@@ -181,11 +181,6 @@ write(
             "ok = [r.key for r in data.records if r.status == 'ok' and r.masks_file]\n"
             "print('rows with masks:', ok, '; compared with', data.reference)\nrow = row or ok[0]"
         ),
-        new_code_cell(
-            "rec = next(r for r in data.records if r.key == row)\n"
-            "order = rec.inputs['ground_truth']['order']\n"
-            "fig = figures.masks_figure(data.image, data.gt, [(row, figures.load_masks(data, rec), "
-            "order)])\nplt.show()"
-        ),
+        new_code_cell("fig = figures.masks_figure(data, [row])\nplt.show()"),
     ],
 )
