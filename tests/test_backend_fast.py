@@ -61,11 +61,11 @@ def test_fast_backend_attention_option(tiny_model, inputs, tmp_path):
     # the kernel needs CUDA and 16-bit inputs; the CPU and fp32 get the folded path
     assert default_attention(torch.device("cpu"), "bf16") == "folded"
     assert default_attention(torch.device("cuda"), "fp32") == "folded"
-    fast = get_backend("fast")("cpu", "fp32", {"attention": "masked"}, tmp_path)
+    fast = get_backend("fast")("cpu", "fp32", {"attention": "folded"}, tmp_path)
     fast.build(tiny_model, inputs)
-    assert fast.attention == "masked" and "attn masked" in fast.math_mode
+    assert fast.attention == "folded" and "attn folded" in fast.math_mode
     with pytest.raises(pydantic.ValidationError, match="attention"):
-        get_backend("fast")("cpu", "fp32", {"attention": "flash"}, tmp_path)
+        get_backend("fast")("cpu", "fp32", {"attention": "masked"}, tmp_path)
     with pytest.raises(BackendUnavailable, match="'kernel' needs a CUDA GPU"):
         get_backend("fast")("cpu", "bf16", {"attention": "kernel"}, tmp_path).build(
             tiny_model, inputs

@@ -6,14 +6,18 @@ import pytest
 import torch
 from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention
 
-from samrep.fast.attention import FastVisionAttention, key_position_onehot, round_up
-from samrep.fast.relpos import cache_hf_rel_pos_index_, rel_pos_tables
+from samrep.fast.attention import (
+    FastVisionAttention,
+    key_position_onehot,
+    rel_pos_tables,
+    round_up,
+)
 from samrep.model import tiny_config, vit_h_config
-from tests.fast_models import sample_inputs, sensitive_init_, sensitive_tiny_sam
+from tests.fast_models import sensitive_init_
 
 # fp32 attention output (|values| up to ~3.5): measured max |fast - HF| 2.3e-6 for both ViT-H
 # shapes, 1.0e-6 .. 3.6e-6 on the tiny config (folded: q*scale is rounded before the dot
-# product, the bias enters it instead of a separate add); 0 unfolded vs SDPA (same ops).
+# product, the bias enters it instead of a separate add).
 ATTN_ATOL_FP32 = 2e-5
 
 
@@ -29,27 +33,6 @@ def test_rel_pos_tables_match_hf(size):
     assert table_h.shape == (size, size, attn.rel_pos_h.shape[1])
     assert torch.equal(table_h, attn.get_rel_pos(size, size, attn.rel_pos_h))
     assert torch.equal(table_w, attn.get_rel_pos(size, size, attn.rel_pos_w))
-
-
-def test_cached_index_is_bitwise_hf():
-    attn = _attention(tiny_config().vision_config, 14)
-    expected = attn.get_rel_pos(14, 14, attn.rel_pos_h)
-    other_length = attn.get_rel_pos(10, 10, attn.rel_pos_h)  # resize path (falls back to HF)
-    assert cache_hf_rel_pos_index_(attn) == 1
-    assert torch.equal(attn.get_rel_pos(14, 14, attn.rel_pos_h), expected)
-    assert torch.equal(attn.get_rel_pos(14, 14, attn.rel_pos_h), expected)  # cached
-    assert torch.equal(attn.get_rel_pos(10, 10, attn.rel_pos_h), other_length)
-    assert len(attn._samrep_rel_pos_index) == 1
-
-
-def test_cached_index_whole_model_bitwise():
-    model = sensitive_tiny_sam(0)
-    pixel_values, points = sample_inputs(1)
-    with torch.no_grad():
-        before = model(pixel_values=pixel_values, input_points=points).pred_masks
-        assert cache_hf_rel_pos_index_(model) == 2
-        after = model(pixel_values=pixel_values, input_points=points).pred_masks
-    assert torch.equal(before, after)
 
 
 def test_key_position_onehot():
@@ -70,11 +53,10 @@ def test_vit_h_head_dims():
 
 
 @pytest.mark.parametrize("cls", [SamVisionSdpaAttention, SamVisionAttention])
-@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("window_size,shape", [(14, (6, 14, 14, 32)), (0, (1, 64, 64, 32))])
-def test_tiny_attention_matches_hf(cls, fold, window_size, shape):
+def test_tiny_attention_matches_hf(cls, window_size, shape):
     attn = _attention(tiny_config().vision_config, window_size, cls)
-    fast = FastVisionAttention(attn, shape[1], fold_rel_pos=fold)
+    fast = FastVisionAttention(attn, shape[1])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = attn(x)[0]

@@ -83,11 +83,8 @@ def test_fused_whole_model_matches_hf_fp32(model):
         want = model(pixel_values=pixel_values, input_points=points, multimask_output=True)
         fast = build_fast_sam(model, precision="fp32", attention="kernel", fused=True)
         masks, iou = fast(pixel_values, points)
-        # dynamo traces it whole (custom ops opaque; backend "eager": no inductor on the CPU)
-        traced, _ = torch.compile(fast, backend="eager", fullgraph=True)(pixel_values, points)
     torch.testing.assert_close(masks, want.pred_masks, atol=MASK_ATOL_FP32, rtol=0)
     torch.testing.assert_close(iou, want.iou_scores, atol=2e-6, rtol=0)
-    assert torch.equal(traced, masks)
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["windowed", "global"])

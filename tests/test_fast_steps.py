@@ -1,4 +1,4 @@
-"""samrep.fast.steps on the CPU: steps 0-2 and 8 on the tiny config run and agree (timings
+"""samrep.fast.steps on the CPU: steps 0 and 8 on the tiny config run and agree (timings
 unchecked; 8 runs eagerly on the kernels' torch references)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import torch
 from samrep.fast.steps import STEP_NAMES, _batched, optimisation_steps
 from tests.fast_models import sample_inputs, sensitive_tiny_sam
 
-# fp32 low-res logits vs step 0: measured 0 (step 1: same gathered values), ~1.5e-6 (step 2)
+# fp32 low-res logits vs step 0: measured ~1.5e-6 (step 8)
 STEP_ATOL_FP32 = 1e-5
 
 
-def test_steps_0_to_2_on_cpu():
+def test_steps_on_cpu():
     pixel_values, points = sample_inputs(1)
     rows = optimisation_steps(
         sensitive_tiny_sam(0),
@@ -23,21 +23,21 @@ def test_steps_0_to_2_on_cpu():
         device="cpu",
         iters=1,
         warmup=0,
-        steps=(0, 1, 2, 4, 8),
+        steps=(0, 3, 8, 10),
         score=lambda logits: {"acc": float(logits.shape[0]), "seen": tuple(logits.shape)},
     )
-    assert [r["step"] for r in rows] == [0, 1, 2, 4, 8]
-    assert [r["name"] for r in rows] == [STEP_NAMES[i] for i in (0, 1, 2, 4, 8)]
-    for row in rows[:3] + rows[4:5]:
+    # 3 is a removed step: skipped
+    assert [r["step"] for r in rows] == [0, 8, 10]
+    assert [r["name"] for r in rows] == [STEP_NAMES[i] for i in (0, 8, 10)]
+    for row in rows[:2]:
         assert "error" not in row, row
         assert row["img_per_s"] > 0 and row["bs"] == 1 and row["compile_s"] == 0.0
         assert row["max_abs_diff"] <= STEP_ATOL_FP32 and row["mask_agreement"] >= 0.999
-    assert rows[1]["max_abs_diff"] == 0.0
-    assert "fused add+ln" in rows[4]["math_mode"]
-    # each measured step's last logits went through `score`, and its dict into the row
-    assert all(r["seen"] == (1, 1, 3, 256, 256) and r["acc"] == 1.0 for r in rows[:3] + rows[4:])
+        # each measured step's last logits went through `score`, and its dict into the row
+        assert row["seen"] == (1, 1, 3, 256, 256) and row["acc"] == 1.0
+    assert "fused add+ln" in rows[1]["math_mode"]
     # a step that cannot run becomes an error row, not an exception
-    assert "CUDA" in rows[3]["error"]
+    assert "bf16 only" in rows[2]["error"]
 
 
 def test_batched_slices_or_tiles():
@@ -58,6 +58,6 @@ def test_steps_entry_point_scores_each_step(make_params):
     stages.groundtruth(params)
     steps(params, 1, "fp32", 1)
     saved = json.loads((params.report_path / "steps.json").read_text())
-    assert [r["step"] for r in saved["steps"]] == [0, 1, 2]
+    assert [r["step"] for r in saved["steps"]] == [0, 8]
     for row in saved["steps"]:
         assert row["acc"] >= 0.999 and row["iou"] >= 0.99, row

@@ -13,11 +13,11 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from transformers.models.sam.modeling_sam import SamVisionLayer
 from triton.testing import do_bench
 
 from samrep.fast import triton_attention as ta
 from samrep.fast.attention import key_position_onehot, round_up
-from samrep.fast.model import window_partition
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by --sweep
 SWEEP = {
@@ -67,7 +67,7 @@ def bench_window(g: int, b: int, sweep: bool = False) -> None:
 
     def windows():
         """q, k, v of every (zero-padded) window: (windows, heads, g*g, hd) each."""
-        win = window_partition(qkv, g)[0] if g < s else qkv
+        win = SamVisionLayer.window_partition(None, qkv, g)[0] if g < s else qkv
         n = win.shape[0]
         return win.reshape(n, g * g, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
 

@@ -1,4 +1,4 @@
-"""Where the fast backend's time goes: torch.profiler over compiled fast-encoder iterations.
+"""Where the fast backend's time goes: torch.profiler over fast-backend iterations.
 
 Usage (on a GPU): python tools/profile_fast.py --hw h200 --bs 16 --precision bf16 > profile.txt
 Prints the top CUDA kernels by total device time, grouped into matmul / attention / other.

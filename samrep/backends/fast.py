@@ -1,12 +1,9 @@
 """`fast`: the same SAM weights and math through a faster image encoder (samrep.fast).
 
-The image encoder is `samrep.fast.build_fast_sam`'s: on CUDA with Triton, attention is one
-Triton flash kernel per layer that adds SAM's decomposed rel-pos bias itself and reads the
-unpadded token grid (no window partition), and the blocks are fused (`samrep.fast.fused`:
-residual add + LayerNorm in one Triton pass; in fp8 the producers quantise), run eagerly and
-replayed from a CUDA graph; elsewhere the bias is folded into q/k so SDPA's flash attention
-runs, and the encoder is compiled with torch.compile. Options: `FastOptions`. The prompt
-encoder and mask decoder are HF's, in fp32 as in every backend.
+On CUDA with Triton (16-bit): the Triton rel-pos attention kernel on the unpadded token grid
+and fused blocks (`samrep.fast.fused`; in fp8 the producers quantise), run eagerly and
+replayed from a CUDA graph; elsewhere the bias folded into q/k for SDPA's flash attention.
+Options: `FastOptions`. The prompt encoder and mask decoder are HF's, in fp32 as everywhere.
 """
 
 from __future__ import annotations
@@ -20,29 +17,20 @@ from pydantic import ConfigDict, Field
 
 from samrep.backends.base import Backend, BackendUnavailable
 
-DTYPES = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp8": torch.bfloat16,
-}
-
 
 class FastOptions(pydantic.BaseModel):
     """The fast backend's switches; None = the default for the device and precision. Defaults
     are the best measured (reports/h200/NOTES.md, speed round 3)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    compile: bool | None = Field(None, description="torch.compile the encoder (CUDA, not fused)")
-    mode: str | None = Field(None, description="compile mode (CUDA 'reduce-overhead')")
-    cuda_graph: bool | None = Field(None, description="CUDA graph of an uncompiled encoder (CUDA)")
-    attention: Literal["kernel", "folded", "masked"] | None = Field(
-        None, description="'kernel' (Triton; CUDA default), 'folded' (flash SDPA) or 'masked'"
+    cuda_graph: bool | None = Field(None, description="replay the encoder from a CUDA graph")
+    attention: Literal["kernel", "folded"] | None = Field(
+        None, description="'kernel' (Triton; CUDA default) or 'folded' (flash SDPA)"
     )
     fp32_residual: bool | None = Field(None, description="fp32 residual + norms (fp16 default)")
     fused_ln: bool | None = Field(
         None, description="fused blocks: add + LayerNorm in one Triton pass, fp8 quantised by "
-        "the producers (default with attention 'kernel' in bf16/fp8)",
+        "the producers (default with attention 'kernel' in bf16/fp8; fp8 needs it)",
     )  # fmt: skip
     gelu_epilogue: bool = Field(
         True, description="tanh GELU in fc1's cuBLASLt epilogue (fp8: in the quantising kernel) "
@@ -50,7 +38,7 @@ class FastOptions(pydantic.BaseModel):
     )  # fmt: skip
     fp8_fast_accum: bool = Field(True, description="fp8 GEMMs with fast accumulation")
     fp8_linears: tuple[Literal["qkv", "fc1", "fc2"], ...] = Field(
-        ("qkv", "fc1", "fc2"), description="fused fp8: which linears run in e4m3"
+        ("qkv", "fc1", "fc2"), description="fp8: which linears run in e4m3"
     )
 
 
@@ -86,20 +74,22 @@ class FastBackend(Backend):
     def check_available(cls, device: str, precision: str) -> None:
         super().check_available(device, precision)
         if precision == "fp8":
-            if device != "cuda" or not torch.cuda.is_available():
-                raise BackendUnavailable("fp8 linear layers need a CUDA GPU (sm90+)")
-            if torch.cuda.get_device_capability() < (9, 0):
-                raise BackendUnavailable("fp8 rowwise linears need compute capability 9.0+")
+            from samrep.fast.fp8 import check_fp8_supported
+
+            try:
+                check_fp8_supported(device)
+            except RuntimeError as exc:
+                raise BackendUnavailable(str(exc)) from None
 
     def build(self, model, inputs) -> None:
-        from samrep.fast import build_fast_sam
+        from samrep.fast import DTYPES, build_fast_sam
         from samrep.fast.steps import cuda_graph
 
         cuda, opts, fp8 = self.device.type == "cuda", self.opts, self.precision == "fp8"
         if cuda:  # fp32 means fp32: TF32 off, as in the torch backend
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        self.dtype = DTYPES[self.precision]
+        self.dtype = DTYPES["bf16" if fp8 else self.precision]  # fp8: bf16 between the GEMMs
         source = copy.deepcopy(model) if self.precision == "fp32" else model  # fp32 shares weights
         self.attention = opts.attention or default_attention(self.device, self.precision)
         if self.attention == "kernel" and (not cuda or self.precision == "fp32"):
@@ -109,11 +99,13 @@ class FastBackend(Backend):
             fused = (
                 self.attention == "kernel" and self.precision in ("bf16", "fp8") and not residual
             )
+        if fp8 and not fused:
+            raise BackendUnavailable("fast fp8 needs the fused blocks (attention 'kernel')")
         fast = build_fast_sam(
             source,
             precision="bf16" if fp8 else self.precision,
             attention=self.attention,
-            fp8_linear=opts.fp8_linears if fp8 and fused else fp8,
+            fp8_linear=opts.fp8_linears if fp8 else False,
             fp32_residual=residual,
             gelu="tanh" if opts.gelu_epilogue else "exact",
             fused=fused,
@@ -121,33 +113,28 @@ class FastBackend(Backend):
         )
         self.encoder = fast.vision_encoder.to(self.device)
         self.decoder = decoder_copy(model).to(self.device).eval()
-        compiled = opts.compile if opts.compile is not None else cuda and not fused
         bs = self.bs
         pv = inputs.pixel_values.expand(bs, -1, -1, -1).contiguous().to(self.device)
         pts = inputs.input_points.expand(bs, -1, -1, -1).contiguous().to(self.device)
-        if compiled:
-            mode = opts.mode or ("reduce-overhead" if cuda else "default")
-            self.encoder = torch.compile(self.encoder, mode=mode, dynamic=False)
-        elif cuda and opts.cuda_graph is not False:
+        if cuda and opts.cuda_graph is not False:
             with torch.inference_mode():
                 self.encoder = GraphedEncoder(self.encoder, cuda_graph, pv.to(self.dtype))
-        self.math_mode = self._math_mode(fused, compiled)
-        # Compile and capture now, at the row's batch size, so build time holds it.
+        self.math_mode = self._math_mode(fused)
+        # Capture now, at the row's batch size, so build time holds it.
         for _ in range(2):
             self.run(pv, pts)
 
-    def _math_mode(self, fused: bool, compiled: bool) -> str:
+    def _math_mode(self, fused: bool) -> str:
         """The choices that ran, e.g. 'bf16 encoder; attn kernel; fused add+ln; gelu erf'."""
         o, fp8 = self.opts, self.precision == "fp8"
         parts = [f"{self.precision} encoder" + (" (TF32 off)" if self.precision == "fp32" else "")]
         if fp8:
-            linears = "/".join(o.fp8_linears) + ", rest bf16" if fused else "all encoder linears"
             accum = "fast accum" if o.fp8_fast_accum else "fp32 accum"
-            quant = "producers quantise" if fused else "separate quantise"
-            parts = [f"fp8 e4m3 {linears}; rowwise-dynamic, {quant}, {accum}"]
+            linears = "/".join(o.fp8_linears)
+            parts = [f"fp8 e4m3 {linears}, rest bf16; rowwise-dynamic, producers quantise, {accum}"]
         parts += [f"attn {self.attention}"] + (["fused add+ln"] if fused else [])
-        tanh = "gelu tanh" + ("" if fused and fp8 else "-epilogue")  # fp8 fc1: no epilogue
-        parts += [tanh if o.gelu_epilogue else "gelu erf", "compiled" if compiled else "eager"]
+        tanh = "gelu tanh" + ("" if fp8 else "-epilogue")  # fp8 fc1: no epilogue
+        parts += [tanh if o.gelu_epilogue else "gelu erf", "eager"]
         return "; ".join(parts) + "; fp32 decoder"
 
     @torch.inference_mode()

@@ -1,8 +1,5 @@
-"""A faster SAM image encoder with the math of transformers' SamModel (model.py, fused.py).
-
-build_fast_sam(model, ...) -> FastSam; optimisation_steps(...) in steps.py measures the
-optimisations one on top of the other.
-"""
+"""A faster SAM image encoder with the math of transformers' SamModel (`build_fast_sam`); the
+optimisation steps measured one on top of the other: `steps.optimisation_steps`."""
 
 from samrep.fast.model import DTYPES, FastSam, build_fast_sam, converted_copy
 

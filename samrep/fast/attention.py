@@ -3,18 +3,13 @@
 SAM adds to every attention logit a decomposed relative-position bias (MViTv2):
 
     logit[i, j] = scale * q_i . k_j + rel_h[i, row(j)] + rel_w[i, col(j)]
-    rel_h[i, r] = q_i . R_h[row(i), r]         (unscaled q; R_h the gathered table)
-    rel_w[i, c] = q_i . R_w[col(i), c]
+    rel_h[i, r] = q_i . R_h[row(i), r],   rel_w[i, c] = q_i . R_w[col(i), c]   (q unscaled)
 
-transformers materialises the (B, heads, N, N) bias as an SDPA mask (no flash attention;
-512 MiB per image per global block in bf16). The same logits are one dot product of:
-
-    q'_i = [scale * q_i, rel_h[i, :], rel_w[i, :], 0...]
-    k'_j = [k_j, onehot(row(j)), onehot(col(j)), 0...]
-
-so flash SDPA(q', k', v, scale=1) without a mask gives the same attention (`FastVisionAttention`;
-ViT-H: 80 + 64 + 64 = 208 dims global, 80 + 14 + 14 -> 112 windowed, a multiple of 8).
-`GridVisionAttention` instead runs `samrep.fast.triton_attention`'s kernel on the grid.
+transformers materialises the (B, heads, N, N) bias as an SDPA mask (no flash attention). The
+same logits are one dot product of q'_i = [scale * q_i, rel_h[i, :], rel_w[i, :], 0...] and
+k'_j = [k_j, onehot(row(j)), onehot(col(j)), 0...], so flash SDPA(q', k', v, scale=1) runs
+without a mask (`FastVisionAttention`, the CPU fallback; ViT-H: 208 dims global, 112 windowed).
+`GridVisionAttention` runs `samrep.fast.triton_attention`'s kernel on the unpadded grid.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionAttention
 
-from samrep.fast.relpos import rel_pos_tables
 from samrep.fast.triton_attention import grid_tables, relpos_attention, split_head_dim
 from samrep.fast.triton_relpos import rel_terms
 
@@ -32,6 +26,15 @@ from samrep.fast.triton_relpos import rel_terms
 def round_up(n: int, multiple: int) -> int:
     """The smallest multiple of `multiple` that is >= n."""
     return -(-n // multiple) * multiple
+
+
+def rel_pos_tables(attn: SamVisionAttention, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table_h, table_w), each (size, size, head_dim): table_h[i, j] embeds the row offset
+    i - j, gathered once by HF's own `get_rel_pos` (its resize kept)."""
+    with torch.no_grad():
+        table_h = SamVisionAttention.get_rel_pos(attn, size, size, attn.rel_pos_h)
+        table_w = SamVisionAttention.get_rel_pos(attn, size, size, attn.rel_pos_w)
+    return table_h.detach().clone(), table_w.detach().clone()
 
 
 def key_position_onehot(grid: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -44,39 +47,13 @@ def key_position_onehot(grid: int, width: int, dtype: torch.dtype) -> torch.Tens
     return onehot
 
 
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(B, H, W, C) -> ((B * windows, window, window, C), padded (H, W)), zero-padded as
-    SAM's (after the norm, not masked later)."""
-    b, h, w, c = x.shape
-    pad_h, pad_w = (-h) % window, (-w) % window
-    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.reshape(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, window, window, c), (hp, wp)
-
-
-def window_unpartition(
-    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of `window_partition`: (B * windows, window, window, C) -> (B, H, W, C)."""
-    (hp, wp), (h, w) = padded, size
-    b = windows.shape[0] // ((hp // window) * (wp // window))
-    x = windows.reshape(b, hp // window, wp // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :h, :w, :]
-
-
 class FastVisionAttention(nn.Module):
-    """SAM vision attention (same weights and math) on one `grid` x `grid` token grid; shares
-    the HF module's qkv and proj, its rel-pos tables gathered once into buffers.
+    """SAM vision attention (same weights and math) on one `grid` x `grid` token grid, the
+    bias folded into q/k (module docstring); shares the HF module's qkv and proj, its rel-pos
+    tables gathered once. v is padded to the folded head dim: torch's flash kernel needs one
+    head dim for q, k and v (else SDPA falls back to memory-efficient attention)."""
 
-    fold_rel_pos: True: the bias folded into q/k (module docstring), SDPA without a mask
-        (flash-eligible); False: the bias as a mask, as transformers does.
-    pad_value: pad v to the folded head dim (torch's flash kernel needs q, k, v of one head
-        dim, else SDPA falls back to memory-efficient attention); exact either way.
-    """
-
-    def __init__(self, attn: SamVisionAttention, grid: int, *, fold_rel_pos=True, pad_value=True):
+    def __init__(self, attn: SamVisionAttention, grid: int):
         super().__init__()
         self.qkv = attn.qkv
         self.proj = attn.proj
@@ -85,27 +62,14 @@ class FastVisionAttention(nn.Module):
         self.scale = float(attn.scale)
         self.grid = int(grid)
         self.use_rel_pos = bool(attn.use_rel_pos)
-        self.fold_rel_pos = bool(fold_rel_pos) and self.use_rel_pos
-        self.pad_value = bool(pad_value)
         self.qk_dim = self.head_dim
         if self.use_rel_pos:
             table_h, table_w = rel_pos_tables(attn, self.grid)  # (grid, grid, head_dim) each
             self.register_buffer("table_h", table_h, persistent=False)
             self.register_buffer("table_w", table_w, persistent=False)
-        if self.fold_rel_pos:
             self.qk_dim = round_up(self.head_dim + 2 * self.grid, 8)
-            extra = key_position_onehot(
-                self.grid, self.qk_dim - self.head_dim, attn.rel_pos_h.dtype
-            ).to(attn.rel_pos_h.device)
-            self.register_buffer("key_extra", extra, persistent=False)
-
-    def _rel_terms(self, q: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, ...]:
-        """rel_h, rel_w (B, heads, N, grid) from q (B, heads, N, head_dim)."""
-        b, h, n, c = q.shape
-        q_grid = q.reshape(b, h, height, width, c)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, self.table_h)
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, self.table_w)
-        return rel_h.reshape(b, h, n, height), rel_w.reshape(b, h, n, width)
+            extra = key_position_onehot(self.grid, self.qk_dim - self.head_dim, table_h.dtype)
+            self.register_buffer("key_extra", extra.to(table_h.device), persistent=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, grid, grid, hidden) -> (B, grid, grid, hidden), B = images x windows."""
@@ -118,25 +82,18 @@ class FastVisionAttention(nn.Module):
         # (3, B, heads, N, head_dim), the layout transformers uses
         qkv = self.qkv(hidden_states).reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-
         if not self.use_rel_pos:
             out = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(head_dim), as HF
-        elif not self.fold_rel_pos:
-            rel_h, rel_w = self._rel_terms(q, height, width)
-            bias = rel_h.reshape(b, heads, height, width, height, 1) + rel_w.reshape(
-                b, heads, height, width, 1, width
-            )
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(b, heads, n, n))
         else:
-            rel_h, rel_w = self._rel_terms(q, height, width)
+            q_grid = q.reshape(b, heads, height, width, hd)
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, self.table_h).reshape(b, heads, n, -1)
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, self.table_w).reshape(b, heads, n, -1)
             q_fold = torch.cat([q * self.scale, rel_h, rel_w], dim=-1)
             q_fold = F.pad(q_fold, (0, self.qk_dim - q_fold.shape[-1]))
             k_fold = torch.cat([k, self.key_extra.expand(b, heads, n, -1)], dim=-1)
-            if self.pad_value:
-                v = F.pad(v, (0, self.qk_dim - hd))
+            v = F.pad(v, (0, self.qk_dim - hd))
             # scale=1: the softmax scale is already in q_fold (and must not touch the bias)
             out = F.scaled_dot_product_attention(q_fold, k_fold, v, scale=1.0)[..., :hd]
-
         out = out.reshape(b, heads, height, width, hd).permute(0, 2, 3, 1, 4)
         return self.proj(out.reshape(b, height, width, channels))
 
@@ -144,9 +101,8 @@ class FastVisionAttention(nn.Module):
 class GridVisionAttention(nn.Module):
     """SAM vision attention (same weights and math) on the whole unpadded token grid, windowed
     (`window` < S) or global: (B, S, S, hidden) -> (B, S, S, hidden), no window partition.
-    qkv runs on the S x S tokens only; `samrep::rel_terms` and `samrep::relpos_attention`
-    (Triton on CUDA) take the window padding as qkv(0) tokens and add the rel-pos bias.
-    Shares qkv and proj with the HF module; rel-pos tables gathered once per grid row."""
+    `samrep::rel_terms` and `samrep::relpos_attention` (Triton on CUDA) take the window padding
+    as qkv(0) tokens and add the rel-pos bias. Shares qkv and proj with the HF module."""
 
     def __init__(self, attn: SamVisionAttention, size: int, window: int):
         super().__init__()

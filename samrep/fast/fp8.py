@@ -1,12 +1,7 @@
-"""fp8 (e4m3) linear layers via `torch._scaled_mm` with row-wise scales (CUDA sm90+).
-
-    x ~ x8 * sx[:, None],   W ~ w8 * sw[:, None],   y = (x8 @ w8.T) * sx[:, None] * sw[None, :] + b
-
-Weights are quantised once (one scale per output channel), activations per token row: by
-`quantize` in a separate pass (`Fp8Linear.forward`), or by the kernel that produces them
-(`scaled_mm` on an e4m3 input from `samrep.fast.fused_ops`). e4m3 keeps 3 mantissa bits
-(relative rounding <= 2^-4), so this approximates the bf16 model; compare masks, not bits.
-torch >= 2.13 also has a CPU `_scaled_mm`, which the tests use.
+"""fp8 (e4m3) GEMMs via `torch._scaled_mm` with row-wise scales (CUDA sm90+; the tests use
+torch >= 2.13's CPU kernel): y = (x8 @ w8.T) * sx[:, None] * sw[None, :] + b, weights scaled
+per output channel once, activations per row by their producers (`samrep.fast.fused_ops`).
+e4m3 keeps 3 mantissa bits (relative rounding <= 2^-4): an approximation of the bf16 model.
 """
 
 from __future__ import annotations
@@ -22,9 +17,7 @@ _AMAX_FLOOR = 1e-12  # an all-zero row gets a finite scale (and quantises to zer
 def check_fp8_supported(device: torch.device | str | None = None) -> None:
     """RuntimeError unless `device` (default: the current CUDA device) is CUDA sm90+, where
     `_scaled_mm` takes row-wise scales."""
-    if (device is not None and torch.device(device).type != "cuda") or not (
-        torch.cuda.is_available()
-    ):
+    if torch.device(device or "cuda").type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError("fp8 linear layers need a CUDA GPU with compute capability >= 9.0")
     cap = torch.cuda.get_device_capability(device)
     if cap < (9, 0):
@@ -40,13 +33,10 @@ def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Fp8Linear(nn.Module):
-    """An `nn.Linear` in e4m3 (weights quantised at construction). Output bfloat16.
-
-    weight_fp8 (N, K) and weight_scale (1, N) float32 are views of integer buffers, so that
-    `Module.to(dtype)` (which converts float8 buffers too) leaves them alone; bias (N,) stays
-    the linear's. fast_accum: `_scaled_mm`'s use_fast_accum (Hopper: no periodic promotion of
-    the tensor-core accumulator to fp32; faster, less exact).
-    """
+    """An `nn.Linear`'s weights in e4m3 for `scaled_mm`: weight_fp8 (N, K) and weight_scale
+    (1, N) float32, views of integer buffers so that `Module.to(dtype)` leaves them alone; bias
+    (N,) the linear's. fast_accum: `_scaled_mm`'s use_fast_accum (Hopper: no periodic promotion
+    of the tensor-core accumulator to fp32; faster, less exact)."""
 
     def __init__(self, linear: nn.Linear, fast_accum: bool = False):
         super().__init__()
@@ -70,13 +60,6 @@ class Fp8Linear(nn.Module):
     def extra_repr(self) -> str:
         n, k = self.weight_bits.shape
         return f"in_features={k}, out_features={n}, fast_accum={self.fast_accum}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Quantise x (..., K) in a separate pass, then `scaled_mm` with the bias."""
-        if x.device.type != "cuda":
-            raise RuntimeError(f"Fp8Linear runs only on CUDA (sm90+); input is on {x.device}")
-        x8, scale = quantize(x.reshape(-1, x.shape[-1]))
-        return scaled_mm(x8.reshape(x.shape), scale, self, bias=True)
 
 
 _BIAS_IN_MM: list[bool] = [True]  # False once `_scaled_mm` has refused a rowwise bias
@@ -102,16 +85,3 @@ def scaled_mm(
         if bias:
             out = out + linear.bias.to(out.dtype)
     return out.reshape(*x8.shape[:-1], out.shape[-1])
-
-
-def swap_linears_to_fp8_(module: nn.Module, fast_accum: bool = False) -> int:
-    """Replace every `nn.Linear` under `module` by an `Fp8Linear` (in place). Returns the count."""
-    targets = [
-        (parent, name, child)
-        for parent in module.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, Fp8Linear(child, fast_accum))
-    return len(targets)

@@ -1,19 +1,12 @@
 """A SAM ViT block whose memory-bound work is fused into its neighbours (bf16 or fp8 GEMMs).
 
-`FusedVisionLayer` computes what transformers' `SamVisionLayer` computes, with the rel-pos
-attention kernel (`GridVisionAttention`) and these fusions:
-
-* residual add + LayerNorm in one Triton pass (`fused_ops.add_layernorm`). The block's last
-  residual add (MLP output) is deferred into the next block's first norm, so each block takes
-  and returns (x, d, d_bias): the residual stream is x + (d + d_bias);
-* GELU: "exact" (erf, SAM's, a separate pass), or "tanh" in fc1's cuBLASLt epilogue
-  (`torch._addmm_activation`: the tanh approximation, no separate pass);
-* fp8 (e4m3, `torch._scaled_mm` with per-row dynamic scales for activations and per-output-
-  channel scales for weights) for qkv, fc1 and fc2, each activation quantised by the kernel
-  that produces it: the LayerNorms emit e4m3 + row scales for qkv and fc1, and fc1's output
-  goes through `fused_ops.gelu_quant` (bias + GELU + quantise) for fc2. proj stays bf16: the
-  attention kernel writes bf16 (a row spans all heads, so no single program sees its max).
-
+`FusedVisionLayer` computes `SamVisionLayer`'s output with the rel-pos attention kernel
+(`GridVisionAttention`) and: residual add + LayerNorm in one Triton pass (the block's last
+residual add is deferred into the next block's first norm: the stream is x + (d + d_bias));
+GELU "exact" (erf, SAM's) or "tanh" in fc1's cuBLASLt epilogue; fp8 qkv/fc1/fc2 (e4m3, per-row
+dynamic activation scales, per-channel weight scales), each input quantised by its producer:
+the LayerNorms for qkv and fc1, `fused_ops.gelu_quant` (bias + GELU) for fc2. proj stays bf16:
+the attention kernel writes bf16 (a row spans all heads: no one program sees its max).
 Shapes: x, d (B, S, S, C) in the activation dtype (bf16 for fp8), contiguous.
 """
 
@@ -67,7 +60,7 @@ class FusedVisionLayer(nn.Module):
         self.norm1, self.norm2 = layer.layer_norm1, layer.layer_norm2
         self.attn = GridVisionAttention(layer.attn, grid, int(layer.window_size))
         self.fc1, self.fc2 = layer.mlp.lin1, layer.mlp.lin2
-        self.gelu = gelu
+        self.gelu, self.approximate = gelu, "tanh" if gelu == "tanh" else "none"
         self.fp8 = FP8_LINEARS if fp8 is True else tuple(fp8 or ())
         linears = {"qkv": layer.attn.qkv, "fc1": self.fc1, "fc2": self.fc2}
         # rowwise (per output channel) weight scales, quantised once here
@@ -91,21 +84,15 @@ class FusedVisionLayer(nn.Module):
         x, y, y_scale = self._norm(self.norm2, x, h, None, f1)
         if f2:  # fc1's bias and GELU in the quantising kernel, fc2's bias in the next norm
             h = scaled_mm(y, y_scale, lin8["fc1"]) if f1 else F.linear(y, self.fc1.weight)
-            h8, h_scale = gelu_quant(h, self.fc1.bias, _approximate(self.gelu))
+            h8, h_scale = gelu_quant(h, self.fc1.bias, self.approximate)
             return x, scaled_mm(h8, h_scale, lin8["fc2"]), self.fc2.bias
         if f1:
-            h = F.gelu(
-                scaled_mm(y, y_scale, lin8["fc1"], bias=True), approximate=_approximate(self.gelu)
-            )
+            h = F.gelu(scaled_mm(y, y_scale, lin8["fc1"], bias=True), approximate=self.approximate)
         elif self.gelu == "tanh":
             h = linear_gelu_tanh(y, self.fc1)
         else:
             h = F.gelu(self.fc1(y))
         return x, self.fc2(h), None
-
-
-def _approximate(gelu: str) -> str:
-    return "tanh" if gelu == "tanh" else "none"
 
 
 def run_fused_layers(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,12 @@
 """Memory-bound ops of a ViT block fused into single passes (Triton on CUDA, torch elsewhere).
 
-* `add_layernorm`: s = x + (d + d_bias), y = LayerNorm(s), one read of x and d and one write
-  of s and y. With `fp8=True`, y comes out as float8 e4m3 with one float32 scale per row
-  (y ~ y8 * scale, scale = max|y_row| / 448): the quantisation the next fp8 GEMM needs, done
-  by the kernel that produces y instead of a separate pass.
-* `gelu_quant`: fp8 rows of GELU(h + bias) with per-row scales: fc1's output (bf16, no bias)
-  becomes fc2's fp8 input in one pass. `approximate` "none" (erf, SAM's) or "tanh".
+* `add_layernorm`: s = x + (d + d_bias), y = LayerNorm(s) in one pass; with `fp8=True` y comes
+  out as e4m3 with one float32 scale per row (max|y_row| / 448), for the next fp8 GEMM.
+* `gelu_quant`: GELU(h + bias) as e4m3 rows with per-row scales (fc1's output -> fc2's input).
 
 Rounding follows the bf16 model: d + d_bias is rounded to the activation dtype before the add
-(a GEMM epilogue rounds its biased output), s is rounded before the norm, and the norm itself
-runs in fp32. Both are `torch.library` custom ops (opaque to torch.compile, safe in CUDA
-graphs); their CPU kernels are the torch references the tests compare the Triton kernels with.
+(as a GEMM epilogue rounds), s before the norm; the norm runs in fp32. Both are `torch.library`
+custom ops whose CPU kernels are the torch references the tests compare the kernels with.
 Shapes: x, d (..., C) contiguous; weight, bias, d_bias (C,); scale (rows, 1) float32.
 """
 
@@ -120,14 +116,6 @@ def add_layernorm(
     return add_layernorm_triton(x, d, d_bias, weight, bias, eps, fp8)
 
 
-@add_layernorm.register_fake
-def _(x, d, d_bias, weight, bias, eps, fp8):
-    rows = x.numel() // x.shape[-1]
-    y = x.new_empty(x.shape, dtype=FP8_DTYPE if fp8 else x.dtype)
-    s = torch.empty_like(x) if d is not None else x.new_empty(0)
-    return s, y, x.new_empty(rows if fp8 else 0, 1, dtype=torch.float32)
-
-
 @add_layernorm.register_kernel("cpu")
 def _(x, d, d_bias, weight, bias, eps, fp8):
     s = x
@@ -158,12 +146,6 @@ def gelu_quant(
     """(y8, scale): GELU(h + bias) (h (..., C) contiguous, bias (C,)) as e4m3 rows with
     float32 scales (rows, 1). approximate: "none" (erf) or "tanh"."""
     return gelu_quant_triton(h, bias, approximate)
-
-
-@gelu_quant.register_fake
-def _(h, bias, approximate):
-    rows = h.numel() // h.shape[-1]
-    return h.new_empty(h.shape, dtype=FP8_DTYPE), h.new_empty(rows, 1, dtype=torch.float32)
 
 
 @gelu_quant.register_kernel("cpu")

@@ -1,23 +1,12 @@
 """A faster SamModel for one point prompt per image: the same weights and the same math.
 
 `build_fast_sam(model)` returns a `FastSam` whose forward(pixel_values, input_points) gives
-`model(pixel_values=..., input_points=..., multimask_output=True)`'s (pred_masks,
-iou_scores) up to rounding. Only the image encoder changes:
-
-* attention: "kernel": `GridVisionAttention`, one Triton flash kernel per layer on the
-  unpadded 64x64 grid, rel-pos bias added in the kernel; "folded": `FastVisionAttention` on
-  partitioned windows, the bias folded into q/k so flash SDPA runs; "masked": the bias as an
-  SDPA mask. Rel-pos tables are gathered once;
-* the patch-embedding conv as one GEMM (`PatchEmbedGemm`);
-* fp32, fp16 or bf16; for fp16 the residual stream and LayerNorms stay fp32 (ViT-H overflows
-  there otherwise); optional fp8 e4m3 linears (`samrep.fast.fp8`, CUDA sm90+);
-* `fused=True`: `samrep.fast.fused.FusedVisionLayer` blocks (add + LayerNorm in one Triton
-  pass; with fp8 the producers quantise); `gelu="tanh"`: GELU in fc1's cuBLASLt epilogue.
-
-Window padding keeps SAM's semantics: tokens are zero-padded 64 -> 70 a side after the first
-LayerNorm and not masked (padding keys/values are qkv(0) = the qkv bias). The prompt encoder
-and mask decoder are HF's; the image-wide positional embedding is computed once. forward has
-static shapes and no host syncs: it suits torch.compile and CUDA graphs.
+`model(pixel_values=..., input_points=..., multimask_output=True)`'s (pred_masks, iou_scores)
+up to rounding. Only the image encoder changes: attention "kernel" (`GridVisionAttention`,
+Triton on the unpadded grid) or "folded" (`FastVisionAttention` on SAM's zero-padded windows);
+rel-pos tables and the image PE computed once; the patch conv as one GEMM; fp16 keeps the
+residual stream and LayerNorms in fp32 (ViT-H overflows otherwise); `fused=True`:
+`samrep.fast.fused` blocks, optionally with fp8 linears. Static shapes, no host syncs.
 """
 
 from __future__ import annotations
@@ -31,25 +20,13 @@ from torch import nn
 from transformers import SamModel
 from transformers.models.sam.modeling_sam import SamVisionEncoder, SamVisionLayer
 
-from samrep.fast.attention import (
-    FastVisionAttention,
-    GridVisionAttention,
-    window_partition,
-    window_unpartition,
-)
-from samrep.fast.fp8 import check_fp8_supported, swap_linears_to_fp8_
+from samrep.fast.attention import FastVisionAttention, GridVisionAttention
+from samrep.fast.fp8 import check_fp8_supported
 from samrep.fast.fused import GELU, FastMLP, FusedVisionLayer, run_fused_layers
 
-# How the image encoder's attention runs (see FastVisionLayer).
-ATTENTION = ("kernel", "folded", "masked")
+ATTENTION = ("kernel", "folded")  # how the image encoder's attention runs (FastVisionLayer)
 
-__all__ = ["build_fast_sam", "converted_copy", "window_partition", "window_unpartition"]
-
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def converted_copy(
@@ -122,10 +99,9 @@ class FastVisionLayer(nn.Module):
         self.window_size = int(layer.window_size)
         norm = UpcastLayerNorm if kw.get("upcast_norm") else (lambda m: m)
         self.layer_norm1 = norm(layer.layer_norm1)
-        self.partition = attention != "kernel"
-        window, fold = self.window_size or grid, attention == "folded"
+        self.partition = attention == "folded"
         if self.partition:
-            self.attn = FastVisionAttention(layer.attn, window, fold_rel_pos=fold)
+            self.attn = FastVisionAttention(layer.attn, self.window_size or grid)
         else:
             self.attn = GridVisionAttention(layer.attn, grid, self.window_size)
         self.layer_norm2 = norm(layer.layer_norm2)
@@ -133,10 +109,10 @@ class FastVisionLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm1(hidden_states)
-        if self.partition and self.window_size > 0:
-            size = (h.shape[1], h.shape[2])
-            windows, padded = window_partition(h, self.window_size)
-            h = window_unpartition(self.attn(windows), self.window_size, padded, size)
+        if self.partition and self.window_size > 0:  # HF's own (zero) padding and partition
+            size, hf = (h.shape[1], h.shape[2]), SamVisionLayer
+            windows, padded = hf.window_partition(self, h, self.window_size)
+            h = hf.window_unpartition(self, self.attn(windows), self.window_size, padded, size)
         else:
             h = self.attn(h)
         hidden_states = hidden_states + h
@@ -156,9 +132,7 @@ class FastVisionEncoder(nn.Module):
             raise ValueError(f"gelu must be one of {GELU}, got {gelu!r}")
         if self.fused and (upcast_norm or attention != "kernel"):
             raise ValueError("fused layers need attention='kernel' and no fp32 residual")
-        self.patch_embed = encoder.patch_embed
-        if kw["patch_gemm"]:
-            self.patch_embed = PatchEmbedGemm(encoder.patch_embed)
+        self.patch_embed = PatchEmbedGemm(encoder.patch_embed)
         self.pos_embed = encoder.pos_embed  # (1, 64, 64, C) parameter, or None
         self.layers = nn.ModuleList(
             FusedVisionLayer(layer, grid, gelu=gelu, fp8=fp8, fast_accum=kw["fast_accum"])
@@ -199,12 +173,10 @@ class FastSam(nn.Module):
     pixel_values (B, 3, 1024, 1024), input_points (B, P, n, 2) pixel (x, y), labels 1) ->
     (low-res mask logits (B, P, 3, 256, 256), iou scores (B, P, 3)), float32."""
 
-    def __init__(self, hf: SamModel, *, attention: str, upcast_norm: bool, **kw):
+    def __init__(self, hf: SamModel, **kw):
         super().__init__()
         self.precision_dtype = hf.vision_encoder.patch_embed.projection.weight.dtype
-        self.vision_encoder = FastVisionEncoder(
-            hf.vision_encoder, attention=attention, upcast_norm=upcast_norm, **kw
-        )
+        self.vision_encoder = FastVisionEncoder(hf.vision_encoder, **kw)
         self.prompt_encoder = hf.prompt_encoder
         self.mask_decoder = hf.mask_decoder
         with torch.no_grad():
@@ -236,38 +208,33 @@ def build_fast_sam(
     attention: str = "folded",
     fp8_linear: bool | tuple[str, ...] = False,
     fp32_residual: bool | None = None,
-    patch_gemm: bool = True,
     gelu: str = "exact",
     fused: bool = False,
     fp8_fast_accum: bool = False,
 ) -> FastSam:
-    """A `FastSam` (eval, no grads) with `model`'s weights on its device; `model` untouched.
-
-    precision: "fp32" (weights shared with `model`), "fp16" or "bf16" (converted copies).
-    attention: "folded", "kernel" (Triton on CUDA, its torch reference on the CPU), "masked".
-    fp8_linear: e4m3 linears with rowwise scales, precision "bf16", CUDA sm90+ (RuntimeError
-        otherwise); fused: qkv/fc1/fc2 (or the named subset of them) quantised by their
-        producers, proj bf16; not fused: all
-        four linears, each quantising its input in a separate pass. fp8_fast_accum: see
-        `Fp8Linear`. An approximation, not the same math.
-    fp32_residual: fp32 residual stream and LayerNorms (default: on for fp16 only).
-    patch_gemm: `PatchEmbedGemm`. gelu: "exact" (erf, SAM's) or "tanh" (fc1's epilogue).
-    fused: `FusedVisionLayer` blocks (needs attention "kernel" and no fp32_residual).
-    Move the result with `.to(device)` only: the precision is fixed here.
-    """
+    """A `FastSam` (eval, no grads) with `model`'s weights on its device; `model` untouched;
+    move it with `.to(device)` only. precision: "fp32" (weights shared), "fp16" or "bf16".
+    attention: "folded" or "kernel" (Triton on CUDA, its torch reference on the CPU); fused:
+    `FusedVisionLayer` blocks (attention "kernel", no fp32_residual: fp32 residual stream and
+    norms, default for fp16 only); gelu: "exact" (erf, SAM's) or "tanh" (fc1's epilogue).
+    fp8_linear (fused, bf16, CUDA sm90+): qkv/fc1/fc2 or the named subset in e4m3, quantised by
+    their producers, fp8_fast_accum: see `Fp8Linear`; an approximation, not the same math."""
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
     if fp8_linear:
-        if precision != "bf16":
-            raise ValueError(f"fp8_linear needs precision='bf16', got {precision!r}")
+        if precision != "bf16" or not fused:
+            raise ValueError(f"fp8_linear needs fused=True and precision='bf16', got {precision!r}")
         check_fp8_supported()
     hf = converted_copy(model, DTYPES[precision]).eval()
     if fp32_residual is None:
         fp32_residual = precision == "fp16"
-    kw = dict(patch_gemm=patch_gemm, gelu=gelu, fused=fused, fp8=fp8_linear if fused else False)
     fast = FastSam(
-        hf, attention=attention, upcast_norm=fp32_residual, fast_accum=fp8_fast_accum, **kw
+        hf,
+        attention=attention,
+        upcast_norm=fp32_residual,
+        gelu=gelu,
+        fused=fused,
+        fp8=fp8_linear,
+        fast_accum=fp8_fast_accum,
     )
-    if fp8_linear and not fused:
-        swap_linears_to_fp8_(fast.vision_encoder, fast_accum=bool(fp8_fast_accum))
     return fast.eval().requires_grad_(False)

@@ -1,8 +1,6 @@
-"""Plain-torch oracles for the Triton kernels (tests, CPU kernels of the custom ops).
-
-`reference_attention`: SAM's windowed / global attention with the rel-pos bias materialised
-(what `triton_attention.windowed_attention` computes); `rel_terms_reference`: the rel-pos
-terms by einsum (what `triton_relpos.rel_terms` computes). fp32 math, CPU or GPU.
+"""Plain-torch oracles of the Triton kernels (the tests' references, the custom ops' CPU
+kernels): `reference_attention` (`triton_attention`), `rel_terms_reference` (`triton_relpos`).
+fp32 math, CPU or GPU.
 """
 
 from __future__ import annotations
@@ -55,41 +53,29 @@ def reference_attention(
     window: int,
     scale: float,
 ) -> torch.Tensor:
-    """What `windowed_attention` computes, in plain torch and fp32 (the tests' oracle).
-
-    Pads the grid to whole windows with qkv(0) = qkv_bias tokens, partitions, materialises
-    the (T, T) logits with the rel-pos bias, softmaxes, crops. Same arguments and result
-    (rel_h / rel_w may be G or rel_width(G) wide; only the first G columns count).
-    """
+    """What `windowed_attention` computes (same arguments and result), in fp32: the grid padded
+    to whole windows with qkv(0) = qkv_bias tokens, the (T, T) logits of each window with the
+    rel-pos bias materialised (rel_h / rel_w may be G or rel_width(G) wide)."""
     b, s, _, three_c = qkv.shape
-    hd = three_c // (3 * num_heads)
     g = window
     sp = -(-s // g) * g
-    x = qkv.float()
-    pad = torch.zeros(three_c, dtype=torch.float32, device=qkv.device)
-    if qkv_bias is not None:
-        pad = qkv_bias.float()
-    full = pad.expand(b, sp, sp, three_c).clone()
-    full[:, :s, :s] = x
     nw = sp // g
-    win = full.reshape(b, nw, g, nw, g, 3, num_heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
-    q, k, v = win.reshape(3, b, nw, nw, num_heads, g * g, hd).unbind(0)
-    logits = torch.einsum("bwvnic,bwvnjc->bwvnij", q, k) * scale
+    pad = qkv_bias.float() if qkv_bias is not None else qkv.new_zeros(three_c).float()
+    full = pad.expand(b, sp, sp, three_c).clone()
+    full[:, :s, :s] = qkv.float()
 
-    def padded_rel(t):  # (B, heads, S*S, >=G) -> (B, nw, nw, heads, T, G); padding queries: 0
-        grid = t[..., :g].float().reshape(b, num_heads, s, s, g)
-        full_t = grid.new_zeros(b, num_heads, sp, sp, g)
-        full_t[:, :, :s, :s] = grid
-        return (
-            full_t.reshape(b, num_heads, nw, g, nw, g, g)
-            .permute(0, 2, 4, 1, 3, 5, 6)
-            .reshape(b, nw, nw, num_heads, g * g, g)
-        )
+    def windows(t: torch.Tensor) -> torch.Tensor:
+        """(B, sp, sp, ...) -> (B * windows, T, ...), windows row-major as the kernel's."""
+        t = t.reshape(b, nw, g, nw, g, *t.shape[3:]).transpose(2, 3)
+        return t.reshape(b * nw * nw, g * g, *t.shape[5:])
 
-    rh, rw = padded_rel(rel_h), padded_rel(rel_w)
-    key_row = torch.arange(g * g, device=qkv.device) // g
-    key_col = torch.arange(g * g, device=qkv.device) % g
-    logits = logits + rh[..., key_row] + rw[..., key_col]
-    out = torch.einsum("bwvnij,bwvnjc->bwvnic", F.softmax(logits, dim=-1), v)
-    out = out.reshape(b, nw, nw, num_heads, g, g, hd).permute(0, 1, 4, 2, 5, 3, 6)
-    return out.reshape(b, sp, sp, num_heads * hd)[:, :s, :s].to(qkv.dtype)
+    # (3, windows, heads, T, head_dim)
+    q, k, v = windows(full).unflatten(-1, (3, num_heads, -1)).permute(2, 0, 3, 1, 4)
+    rel = torch.stack([rel_h[..., :g], rel_w[..., :g]]).float()  # (2, B, heads, S*S, G)
+    rel = rel.reshape(2, b, num_heads, s, s, g).permute(1, 3, 4, 0, 2, 5)
+    rel = F.pad(rel, (0, 0, 0, 0, 0, 0, 0, sp - s, 0, sp - s))  # padding queries: 0
+    rh, rw = windows(rel).permute(2, 0, 3, 1, 4)  # (2, windows, heads, T, G)
+    key = torch.arange(g * g, device=qkv.device)
+    logits = q @ k.transpose(-1, -2) * scale + rh[..., key // g] + rw[..., key % g]
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, nw, nw, g, g, -1)
+    return out.transpose(2, 3).reshape(b, sp, sp, -1)[:, :s, :s].to(qkv.dtype)

@@ -1,18 +1,11 @@
 """SAM's windowed and global vision attention as one Triton flash-attention kernel.
 
-Unlike the folded path (`samrep.fast.attention`: window partition, q/k lengthened to 112 or
-208 dims, padded qkv GEMM and concatenations), this kernel:
-
-* reads q, k, v straight from the qkv projection of the *unpadded* (B, 64, 64) grid (a key in
-  a window's zero padding is qkv(0) = the qkv bias, what SAM attends to);
-* adds the decomposed rel-pos bias in the kernel, logit[i, j] = scale * q_i . k_j +
-  rel_h[i, row(j)] + rel_w[i, col(j)], from the (N, window) rel_h / rel_w terms
-  (`triton_relpos`), so q.k and p.v stay 80-dim;
-* writes (B, 64, 64, heads, head_dim), the layout proj reads (padding queries are skipped).
-
-Online softmax in fp32; dots accumulate in fp32 from fp16/bf16. head_dim must be a power of
-two >= 16 or the sum of two (80 = 64 + 16). On a CPU the kernel runs only under Triton's
-interpreter (TRITON_INTERPRET=1); `reference.reference_attention` is the oracle.
+It reads q, k, v straight from the qkv projection of the *unpadded* (B, 64, 64) grid (a key in
+a window's zero padding is qkv(0) = the qkv bias, what SAM attends to), adds the rel-pos bias
+(`samrep.fast.attention`) from the (N, window) rel_h / rel_w terms (`triton_relpos`) so q.k and
+p.v stay 80-dim, and writes (B, 64, 64, heads, head_dim), the layout proj reads. Online softmax
+in fp32; dots accumulate in fp32 from fp16/bf16. head_dim: a power of two >= 16 or the sum of
+two (80 = 64 + 16). On a CPU the kernel runs only under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -232,16 +225,11 @@ def relpos_attention(
     window: int,
     scale: float,
 ) -> torch.Tensor:
-    """`windowed_attention` as an opaque op for torch.compile and CUDA graphs; on the CPU
-    `reference_attention`, so modules around it test against transformers without a GPU."""
+    """`windowed_attention` as a custom op; on the CPU `reference_attention`, so modules around
+    it test against transformers without a GPU."""
     return windowed_attention(
         qkv, qkv_bias, rel_h, rel_w, num_heads=num_heads, window=window, scale=scale
     )
-
-
-@relpos_attention.register_fake
-def _(qkv, qkv_bias, rel_h, rel_w, num_heads, window, scale):
-    return qkv.new_empty(*qkv.shape[:3], qkv.shape[3] // 3)
 
 
 @relpos_attention.register_kernel("cpu")

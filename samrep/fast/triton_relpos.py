@@ -1,14 +1,10 @@
-"""SAM's decomposed rel-pos terms for every token, read straight from the qkv projection.
+"""SAM's decomposed rel-pos terms for every token, read straight from the qkv projection:
 
-    rel_h[b, n, y*S + x, r] = q[b, y, x, n] . grid_h[y, r]
-    rel_w[b, n, y*S + x, c] = q[b, y, x, n] . grid_w[x, c]
+    rel_h[b, n, y*S + x, r] = q[b, y, x, n] . grid_h[y, r],   rel_w likewise with grid_w[x, c]
 
-(q unscaled, n the head; `reference.grid_tables` gives the per-row tables). As two einsums
-this is two permuted copies of q plus small batched GEMMs and output copies, ~0.38 ms per
-ViT-H layer at bs16 on an H200 (12 ms of a 225 ms batch). Here one Triton kernel reads q
-once per term from the qkv buffer: each program takes one grid line (a row y for rel_h, a
-column x for rel_w) of one head and image, and does (S tokens x D) @ (D x GP) on tensor
-cores, writing the (B, heads, S*S, GP) layout the attention kernel reads.
+As two einsums this is permuted copies of q plus small GEMMs, ~0.38 ms per ViT-H layer at bs16
+on an H200. Here one Triton program per grid line (row y for rel_h, column x for rel_w), head
+and image reads q once and does (S x D) @ (D x GP) on tensor cores, in the attention's layout.
 """
 
 from __future__ import annotations
@@ -81,13 +77,6 @@ def rel_terms(
     """(rel_h, rel_w), each (B, heads, S*S, GP), from qkv (B, S, S, 3*heads*head_dim)
     contiguous and grid_h, grid_w (S, GP, head_dim). Triton on CUDA, einsum on the CPU."""
     return rel_terms_triton(qkv.contiguous(), grid_h, grid_w, num_heads)
-
-
-@rel_terms.register_fake
-def _(qkv, grid_h, grid_w, num_heads):
-    b, s = qkv.shape[:2]
-    rel_h = qkv.new_empty(b, num_heads, s * s, grid_h.shape[1])
-    return rel_h, torch.empty_like(rel_h)
 
 
 @rel_terms.register_kernel("cpu")
