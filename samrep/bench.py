@@ -4,13 +4,14 @@ optimisation steps one on top of the other (`steps`)."""
 from __future__ import annotations
 
 from samrep.config import HwParams, RunParams
+from samrep.distributed import resolve_world_size, run_distributed
 from samrep.env import environment
 from samrep.flops import mfu, sam_flops
 from samrep.metrics import MaskScore, postprocess_masks
 from samrep.progress import log
 from samrep.record import Record, summary
 from samrep.row import RowContext, run_row
-from samrep.stages import hw_lock, prepare
+from samrep.stages import hw_lock
 from samrep.store import write_json
 
 
@@ -35,10 +36,7 @@ def headline(rec: Record) -> str:
 
 def bench(params: HwParams, run: RunParams, repeats: int | None = None) -> Record:
     """Measure one row with the params' data and model -> reports/<hw>/bench/<row>.json."""
-    from samrep.distributed import resolve_world_size, run_distributed
-
-    prepare(params, [run])
-    with hw_lock(params):
+    with hw_lock(params, [run]):
         n = resolve_world_size(params)
         if n > 1:
             (record,) = run_distributed(params, [run], n)
@@ -53,37 +51,27 @@ def bench(params: HwParams, run: RunParams, repeats: int | None = None) -> Recor
 
 def steps(params: HwParams, bs: int, precision: str, iters: int, only=None) -> list[dict]:
     """Time samrep.fast's cumulative optimisation steps (`only`: these alone; fp8 steps in bf16
-    only, the first three on a CPU) -> reports/<hw>/steps.json."""
+    only, steps 0 and 8 on a CPU) -> reports/<hw>/steps.json."""
     from samrep.fast.steps import FP8_STEPS, STEP_NAMES, optimisation_steps
 
-    prepare(params, [])
-    with hw_lock(params):
+    with hw_lock(params, []):
         ctx = RowContext.load(params)
         gt, flops = ctx.gt, sam_flops(ctx.model.config, 1, bs)
-        peak = params.peaks.get(precision)
+        peak, inputs = params.peaks.get(precision), ctx.gt.inputs
         todo = [i for i in range(len(STEP_NAMES)) if precision == "bf16" or i not in FP8_STEPS]
-        todo = [i for i in (todo if params.device == "cuda" else (0, 8)) if not only or i in only]
+        allowed = todo if params.device == "cuda" else (0, 8)
+        todo = tuple(i for i in allowed if not only or i in only)
         log(f"steps: {precision} bs{bs}, {iters} iterations per step")
 
         def score(logits):
             """acc and IoU of one step's masks (B, 1, 3, 256, 256) against the fp32 ground truth."""
             s = MaskScore(gt.masks.to(logits.device), gt.order)
-            s.update(
-                postprocess_masks(logits[:, 0], gt.inputs.reshaped_size, gt.inputs.original_size)
-            )
+            s.update(postprocess_masks(logits[:, 0], inputs.reshaped_size, inputs.original_size))
             return {k: v for k, v in s.result().items() if k in ("acc", "iou")}
 
+        options = dict(bs=bs, precision=precision, device=params.device, iters=iters, warmup=3)
         rows = optimisation_steps(
-            ctx.model,
-            gt.inputs.pixel_values,
-            gt.inputs.input_points,
-            bs=bs,
-            precision=precision,
-            device=params.device,
-            iters=iters,
-            warmup=3,
-            steps=tuple(todo),
-            score=score,
+            ctx.model, inputs.pixel_values, inputs.input_points, steps=todo, score=score, **options
         )
         for r in rows:
             if "img_per_s" in r:

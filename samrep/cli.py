@@ -30,9 +30,8 @@ STAGES = {
 def _count(low: int, high: int):
     def parse(text: str) -> int:
         if not text.strip().isdigit() or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(
-                f"must be an integer from {low} to {high}, got {text!r}"
-            )
+            message = f"must be an integer from {low} to {high}, got {text!r}"
+            raise argparse.ArgumentTypeError(message)
         return int(text)
 
     return parse
@@ -59,16 +58,14 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = top.add_subparsers(dest="stage", required=True, metavar="stage", parser_class=_Parser)
+    hw_help = "a params/<hw>.yaml name, or auto (default: cpu)"
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "--hw", default="cpu", help="a params/<hw>.yaml name, or auto (default: cpu)"
-        )
+        p.add_argument("--hw", default="cpu", help=hw_help)
         if name in ("groundtruth", "export", "build", "evaluate", "report"):
             p.add_argument("--force", action="store_true", help="redo what is already done")
-    sub.choices["evaluate"].add_argument(
-        "--only", nargs="+", metavar="ROW", help="row keys, e.g. val-torch-fp32-bs1"
-    )
+    e = sub.choices["evaluate"]
+    e.add_argument("--only", nargs="+", metavar="ROW", help="row keys, e.g. val-torch-fp32-bs1")
     b = sub.choices["bench"]
     b.add_argument("--backend", required=True, help="a backend name, e.g. torch, fast")
     b.add_argument("--precision", required=True, choices=("fp32", "tf32", "fp16", "bf16", "fp8"))
@@ -88,54 +85,53 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _say(line: str) -> None:
+    print(f"samrep: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _run(parser().parse_args(argv))
     except SamrepError as exc:
-        print(f"samrep: error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print(
-            "samrep: interrupted; the row in flight was not recorded (rerun to resume)",
-            file=sys.stderr,
-        )
+        _say("interrupted; the row in flight was not recorded (rerun to resume)")
         return 130
     except Exception as exc:  # the last resort: one line, the traceback only when asked for
         if os.environ.get("SAMREP_DEBUG") == "1":
             traceback.print_exc()
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        print(
-            f"samrep: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            f"(at {os.path.basename(where.filename)}:{where.lineno}; SAMREP_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
+        what = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        at = f"{os.path.basename(where.filename)}:{where.lineno}"
+        _say(f"internal error: {what} (at {at}; SAMREP_DEBUG=1 for the traceback)")
         return 1
 
 
 def _failed(what: str, keys: list[str]) -> int:
     if keys:
-        print(f"samrep: {what} failed: {', '.join(keys)}", file=sys.stderr)
+        _say(f"{what} failed: {', '.join(keys)}")
     return 1 if keys else 0
 
 
 def _run(args) -> int:
+    # imported here, not at the top: `--help` and bad arguments answer without loading torch
+    import pandas as pd
+
+    from samrep import bench, interactive, pipeline, stages
     from samrep.config import RunParams, load_params
+    from samrep.gpus import auto_hw
+    from samrep.groundtruth import load_ground_truth
+    from samrep.tables import load_records, spec_table
 
     if args.hw == "auto":
-        from samrep.gpus import auto_hw
-
         args.hw = auto_hw()
     if args.stage == "report":
-        from samrep.pipeline import run_report
-
-        outcome = run_report(args.hw, force=args.force)
+        outcome = pipeline.run_report(args.hw, force=args.force)
         print(outcome.page)
-        return _failed("stages", list(outcome.failed_stages)) or _failed(
-            "rows", outcome.failed_rows
-        )
+        failed_stages = _failed("stages", list(outcome.failed_stages))
+        return failed_stages or _failed("rows", outcome.failed_rows)
     params = load_params(args.hw)
-    from samrep import stages
-
     if args.stage == "groundtruth":
         stages.groundtruth(params, force=args.force)
     elif args.stage in ("export", "build"):
@@ -145,10 +141,6 @@ def _run(args) -> int:
         records = stages.evaluate(params, force=args.force, only=args.only)
         return _failed("rows", [r.key for r in records if r.status == "failed"])
     elif args.stage == "summary":
-        import pandas as pd
-
-        from samrep.tables import load_records, spec_table
-
         records, problems = load_records(params.report_path, [run.key for run in params.runs])
         table, notes = spec_table(records)
         with pd.option_context("display.max_columns", None, "display.width", 250):
@@ -156,30 +148,20 @@ def _run(args) -> int:
         for i, line in enumerate(notes, 1):
             print(f"[{i}] {line}")
         for line in problems:
-            print(f"samrep: could not read {line}", file=sys.stderr)
+            _say(f"could not read {line}")
     elif args.stage == "bench":
-        from samrep.bench import bench
-
         if args.world_size is not None:
             params = params.model_copy(update={"world_size": args.world_size})
         run = RunParams(
             backend=args.backend, precision=args.precision, bs=args.bs, phase=args.phase
         )
-        if run.bs > params.data.datasize:
-            raise SamrepError(
-                f"--bs: {run.bs} is larger than data.datasize {params.data.datasize} of {params.path}"
-            )
-        from samrep.groundtruth import load_ground_truth
-
+        if run.bs > (n := params.data.datasize):
+            raise SamrepError(f"--bs: {run.bs} is larger than data.datasize {n} of {params.path}")
         stages.prepare(params, [run])  # the row's checks first, then
         load_ground_truth(params)  # before torchrun starts workers: one line, not one per rank
-        return 0 if bench(params, run, args.repeats).status == "ok" else 1
+        return 0 if bench.bench(params, run, args.repeats).status == "ok" else 1
     elif args.stage == "interactive":
-        from samrep.interactive import interactive
-
-        interactive(params)
+        interactive.interactive(params)
     elif args.stage == "steps":
-        from samrep.bench import steps
-
-        steps(params, args.bs, args.precision, args.iters, args.only)
+        bench.steps(params, args.bs, args.precision, args.iters, args.only)
     return 0

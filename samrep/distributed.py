@@ -1,16 +1,11 @@
-"""Scale-out: the rows on several GPUs of one host (or several hosts) with torchrun.
-
-One process per GPU runs samrep.row.run_row on its share (data.datasize // world_size images,
-`repeat` passes) with a `TorchGroup`, which adds to the one row function:
+"""Scale-out with torchrun: one process per GPU (on one host or several) runs samrep.row.run_row
+on its share (data.datasize // world_size images) with a `TorchGroup`, which adds:
 - in_turn: rank 0 builds first, then the others (a persistent engine or cache is written once);
 - alone: rank 0 measures its share alone while the others wait (the single-GPU p_core);
 - barrier: after its warm-up every rank waits, so all timed loops start together;
 - agree: after every stage all ranks learn whether any failed (then all stop, naming the rank);
-- gather: rank 0 receives every rank's timing, scores, memory and validity.
-The aggregate arithmetic is samrep.timing.aggregate. The launcher runs
-`python -m torch.distributed.run --nproc-per-node N --standalone -m samrep.distributed ...`
-(SAMREP_TORCHRUN_ARGS replaces --standalone for several hosts) with NVLink SHARP / multicast
-off; rank 0 writes the records into a temporary folder that the launcher reads back.
+- gather: rank 0 receives every rank's timing, scores, memory and validity (samrep.timing.aggregate).
+Rank 0 writes the records into a temporary folder that the launcher reads back.
 """
 
 from __future__ import annotations
@@ -24,6 +19,9 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from samrep.config import HwParams, RunParams, load_params
 from samrep.errors import SamrepError
@@ -44,88 +42,52 @@ def resolve_world_size(params: HwParams) -> int:
     """world_size as a number: "auto" is every visible GPU (1 on a CPU)."""
     if params.world_size != "auto":
         return int(params.world_size)
-    import torch
-
     return max(1, torch.cuda.device_count()) if params.device == "cuda" else 1
 
 
 def torchrun_command(params: HwParams, runs: list[RunParams], n: int, out: Path) -> list[str]:
+    """torchrun, NVLink multicast off, with n worker_main processes on `runs`, writing into `out`
+    ($SAMREP_TORCHRUN_ARGS replaces --standalone, for several hosts)."""
     rendezvous = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, "")) or ["--standalone"]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(n),
-        *rendezvous,
-        "-m",
-        "samrep.distributed",
-        "--hw",
-        params.hw,
-        "--rows",
-        json.dumps([r.key for r in runs]),
-        "--out",
-        str(out),
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n)]
+    rows = json.dumps([r.key for r in runs])
+    worker = ["-m", "samrep.distributed", "--hw", params.hw, "--rows", rows, "--out", str(out)]
+    return [*torchrun, *rendezvous, *worker]
 
 
 def run_distributed(params: HwParams, runs: list[RunParams], n: int) -> list[Record]:
     """Measure `runs` with n processes; one record per row (a dead launch: "failed" records)."""
-    if params.device == "cuda":
-        import torch
-
-        if n > torch.cuda.device_count():
-            raise SamrepError(
-                f"{params.path}: world_size {n}: this host has {torch.cuda.device_count()} GPU(s)"
-            )
+    if params.device == "cuda" and n > (gpus := torch.cuda.device_count()):
+        raise SamrepError(f"{params.path}: world_size {n}: this host has {gpus} GPU(s)")
     out = params.report_path / f".dist.tmp{os.getpid()}"
-    env = dict(
-        os.environ,
-        **NO_MULTICAST,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    )
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, **NO_MULTICAST, PYTHONPATH=pythonpath)
     log(f"distributed: torchrun with {n} processes, {len(runs)} row(s)")
+    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "errors": "replace"}
     proc = subprocess.Popen(
-        torchrun_command(params, runs, n, out),
-        cwd=REPO_ROOT,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        errors="replace",
+        torchrun_command(params, runs, n, out), cwd=REPO_ROOT, env=env, text=True, **pipe
     )
     tail = collections.deque(maxlen=60)
     for line in proc.stdout:
         sys.stderr.write(line)
         tail.append(line.rstrip())
     rc = proc.wait()
+    errors = [ln for ln in tail if "Error" in ln and "ChildFailedError" not in ln]
+    why = errors[-1].strip()[:300] if errors else (tail[-1] if tail else "")
     try:
         records = []
         for run in runs:
-            path = out / f"{run.key}.json"
+            path, masks = out / f"{run.key}.json", out / f"{run.key}.npy"
             if path.is_file():
-                rec = read_record(read_json(path), str(path))
-                masks = path.with_suffix(".npy")
+                records.append(rec := read_record(read_json(path), str(path)))
                 if masks.is_file():
-                    import numpy as np
-
                     rec._first_masks = np.load(masks)
-                records.append(rec)
-            else:
-                errors = [ln for ln in tail if "Error" in ln and "ChildFailedError" not in ln]
-                why = errors[-1].strip()[:300] if errors else (tail[-1] if tail else "")
-                gt_stamp = read_json(params.data_path / "manifest.json")["stamp"]
-                records.append(
-                    Record(
-                        hw=params.hw,
-                        key=run.key,
-                        row=run.model_dump(),
-                        status="failed",
-                        failed_stage="launch",
-                        reason=f"torchrun exited with code {rc}: {why}",
-                        stamp=digest(row_stamp(params, run, gt_stamp, n)),
-                    )
-                )
+                continue
+            gt_stamp = read_json(params.data_path / "manifest.json")["stamp"]
+            stamp = digest(row_stamp(params, run, gt_stamp, n))
+            reason = f"torchrun exited with code {rc}: {why}"
+            failed = dict(status="failed", failed_stage="launch", reason=reason, stamp=stamp)
+            records.append(Record(hw=params.hw, key=run.key, row=run.model_dump(), **failed))
         return records
     finally:
         remove(out)
@@ -134,7 +96,7 @@ def run_distributed(params: HwParams, runs: list[RunParams], n: int) -> list[Rec
 class TorchGroup:
     """The process group a torchrun worker passes to samrep.row.run_row (gloo for host sync)."""
 
-    def __init__(self, dist):
+    def __init__(self, dist):  # torch.distributed, initialised
         self.dist, self.rank, self.world_size = dist, dist.get_rank(), dist.get_world_size()
         self.host = dist.new_group(backend="gloo", timeout=timedelta(minutes=30))
 
@@ -173,28 +135,24 @@ def worker_main(argv: list[str] | None = None) -> int:
     """One torchrun process: every row with a TorchGroup; rank 0 writes the records."""
     os.environ.update(NO_MULTICAST)  # again, before NCCL starts
     args = argparse.ArgumentParser(prog="samrep.distributed")
-    args.add_argument("--hw", required=True)
-    args.add_argument("--rows", required=True)
-    args.add_argument("--out", required=True)
+    for name in ("--hw", "--rows", "--out"):
+        args.add_argument(name, required=True)
     a = args.parse_args(argv)
-    import torch
     import torch.distributed as dist
 
-    params = load_params(a.hw)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    params, out = load_params(a.hw), Path(a.out)
     if params.device == "cuda":
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if params.device == "cuda" else "gloo")
     group, ctx = TorchGroup(dist), RowContext.load(params)
     for run in (r for r in params.runs if r.key in json.loads(a.rows)):
         record = run_row(ctx, run, group)
-        if record is not None:
-            if getattr(record, "_first_masks", None) is not None:
-                import numpy as np
-
-                Path(a.out).mkdir(parents=True, exist_ok=True)
-                np.save(Path(a.out) / f"{run.key}.npy", record._first_masks.numpy())
-            write_json(Path(a.out) / f"{run.key}.json", record.dump())
+        if record is None:
+            continue  # not rank 0
+        if getattr(record, "_first_masks", None) is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            np.save(out / f"{run.key}.npy", record._first_masks.numpy())
+        write_json(out / f"{run.key}.json", record.dump())
     dist.destroy_process_group()
     return 0
 

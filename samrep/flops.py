@@ -118,3 +118,21 @@ def mfu(images_per_s: float, flops_per_image: float, peak_flops_per_s: float) ->
     if images_per_s < 0 or flops_per_image < 0:
         raise ValueError("images/s and FLOPs per image must be non-negative")
     return images_per_s * flops_per_image / peak_flops_per_s
+
+
+def flops_section(config, bs: int, peak, precision: str, p_core: float, vit_h: bool, where) -> dict:
+    """A record's flops: FLOPs per image by part (batch `bs`), the peak used, true and original
+    MFU (`p_core`: images/s per GPU; `peak`: params' Peak or None, named by `where`)."""
+    flops = sam_flops(config, 1, bs)
+    out = {"per_image": flops.total, "breakdown": flops.to_dict(), "peak_key": precision}
+    if peak is None:
+        out["peak_source"] = f"not available: no {precision} peak in {where}"
+    else:
+        original = mfu(p_core, ORIGINAL_FLOPS_PER_IMAGE, peak.flops) if vit_h else None
+        out |= {
+            "peak_flops": peak.flops,
+            "peak_source": peak.source,
+            "mfu": mfu(p_core, flops.total, peak.flops),
+            "mfu_original": original,
+        }
+    return out | {"achieved_tflops": p_core * flops.total / 1e12}

@@ -1,10 +1,7 @@
-"""Ground-truth stage: the HF docs example on the CPU in fp32 -> 3 boolean masks.
-
-Writes into `data_dir`: `sam_gt_0.pt`..`sam_gt_2.pt` (bool (H, W) at the original image size,
-smallest mask first), `inputs.pt` (the preprocessed sample every later stage uses),
-`reference.pt` (fp32 image embeddings (1, 256, 64, 64) and low-res mask logits (1, 3, 256, 256),
-the fidelity references), and `manifest.json` last, so a manifest on disk means it finished.
-Its stamp names only what it depends on: the image, the point, the weights and this code.
+"""Ground-truth stage: the HF docs example on the CPU in fp32 -> in `data_dir`: `sam_gt_{0,1,2}.pt`
+(bool (H, W) at the original size, smallest first), `inputs.pt` (the preprocessed sample),
+`reference.pt` (fp32 image embeddings (1, 256, 64, 64), low-res logits (1, 3, 256, 256)) and
+`manifest.json` last (on disk: finished), whose stamp names the image, point, weights and code.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from samrep import store
 from samrep.config import HwParams
 from samrep.data import ModelInputs, load_params_sample, preprocess
 from samrep.errors import SamrepError
@@ -21,20 +19,12 @@ from samrep.faults import checkpoint
 from samrep.metrics import postprocess_masks
 from samrep.model import load_model
 from samrep.progress import log
-from samrep.store import (
-    code_digest,
-    digest,
-    is_fresh,
-    read_json,
-    remove,
-    save_tensors,
-    sha256_file,
-    write_json,
-)
 
 NUM_MASKS = 3
 MANIFEST = "manifest.json"
+INPUTS = ("pixel_values", "input_points", "original_size", "reshaped_size")  # inputs.pt's keys
 CODE = ("groundtruth", "data", "metrics", "model")  # the code the ground truth depends on
+RERUN = "rerun `python -m samrep groundtruth --force`"
 
 
 @dataclass
@@ -52,23 +42,18 @@ class GroundTruth:
 
 def load_params_model(params: HwParams):
     """The fp32 CPU model and its WeightsInfo (synthetic weights cached in data_dir/weights)."""
-    m, local = params.model, params.weights_path
-    return load_model(
-        str(local) if local else m.weights,
-        m.arch,
-        m.allow_synthetic,
-        m.seed,
-        params.data_path / "weights",
-        m.attn_implementation,
-    )
+    m, local, cache = params.model, params.weights_path, params.data_path / "weights"
+    weights = str(local) if local else m.weights
+    return load_model(weights, m.arch, m.allow_synthetic, m.seed, cache, m.attn_implementation)
 
 
 def stamp(image_sha256: str, weights_sha256: str, point) -> dict:
+    """What a ground truth depends on: the image, the weights, the point (x, y) and this code."""
     return {
         "image": image_sha256,
         "weights": weights_sha256,
         "point": list(point),
-        "code": code_digest(*CODE),
+        "code": store.code_digest(*CODE),
     }
 
 
@@ -80,12 +65,9 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
     now = stamp(sample.sha256, weights.sha256, sample.spec.point)
     if (data_dir / MANIFEST).exists() and not force:
         try:  # a damaged ground truth is remade, said once; only a fresh, whole one is reused
-            old = read_json(data_dir / MANIFEST, "manifest")
-            gt = (
-                load_ground_truth(params)
-                if isinstance(old, dict) and is_fresh(old.get("stamp"), now)
-                else None
-            )
+            old = store.read_json(data_dir / MANIFEST, "manifest")
+            fresh = isinstance(old, dict) and store.is_fresh(old.get("stamp"), now)
+            gt = load_ground_truth(params) if fresh else None
             damage = "" if gt is None or all(gt.files_match.values()) else "files changed"
         except SamrepError as exc:
             gt, damage = None, str(exc).split("; rerun")[0]
@@ -108,27 +90,18 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
                 f"weights '{weights.name}': the weights or the prompt are broken"
             )
     order = torch.argsort(areas, stable=True).tolist()
-    remove(data_dir / MANIFEST)  # the old manifest must not vouch for new files
+    store.remove(data_dir / MANIFEST)  # the old manifest must not vouch for new files
     hashes = {
-        f"sam_gt_{i}.pt": save_tensors(data_dir / f"sam_gt_{i}.pt", masks[j].clone())
+        f"sam_gt_{i}.pt": store.save_tensors(data_dir / f"sam_gt_{i}.pt", masks[j].clone())
         for i, j in enumerate(order)
     }
-    hashes["inputs.pt"] = save_tensors(
-        data_dir / "inputs.pt",
-        {
-            "pixel_values": inputs.pixel_values,
-            "input_points": inputs.input_points,
-            "original_size": inputs.original_size,
-            "reshaped_size": inputs.reshaped_size,
-        },
-    )
-    hashes["reference.pt"] = save_tensors(
-        data_dir / "reference.pt",
-        {"image_embeddings": emb.clone(), "low_res_logits": out.pred_masks[:, 0].clone()},
-    )
+    tensors = {k: getattr(inputs, k) for k in INPUTS}
+    hashes["inputs.pt"] = store.save_tensors(data_dir / "inputs.pt", tensors)
+    refs = {"image_embeddings": emb.clone(), "low_res_logits": out.pred_masks[:, 0].clone()}
+    hashes["reference.pt"] = store.save_tensors(data_dir / "reference.pt", refs)
     checkpoint("groundtruth:written")  # test hook: files written, the manifest not yet
     manifest = {
-        "stamp": digest(now),
+        "stamp": store.digest(now),
         "image": sample.describe(),
         "weights": weights.to_dict(),
         "point": list(sample.spec.point),
@@ -141,21 +114,18 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
         "iou_scores": [float(out.iou_scores[0, 0, i]) for i in order],
         "seconds": time.perf_counter() - t0,
     }
-    write_json(data_dir / MANIFEST, manifest)
+    store.write_json(data_dir / MANIFEST, manifest)
     log(f"ground truth: wrote {data_dir} (mask areas {manifest['area_fractions']})")
     return load_ground_truth(params)
 
 
 def _load(path, what: str):
     if not path.is_file():
-        raise SamrepError(f"{path}: {what} missing; rerun `python -m samrep groundtruth --force`")
+        raise SamrepError(f"{path}: {what} missing; {RERUN}")
     try:
         return torch.load(path, weights_only=True)
     except Exception as exc:
-        raise SamrepError(
-            f"{path}: unreadable {what} ({type(exc).__name__}); rerun "
-            "`python -m samrep groundtruth --force`"
-        ) from None
+        raise SamrepError(f"{path}: unreadable {what} ({type(exc).__name__}); {RERUN}") from None
 
 
 def load_ground_truth(params: HwParams) -> GroundTruth:
@@ -163,18 +133,14 @@ def load_ground_truth(params: HwParams) -> GroundTruth:
     data_dir, path = params.data_path, params.data_path / MANIFEST
     if not path.is_file():
         raise SamrepError(
-            f"{path}: ground truth missing; run `python -m samrep groundtruth "
-            f"--hw {params.hw}` first"
+            f"{path}: ground truth missing; run `python -m samrep groundtruth --hw {params.hw}` first"
         )
-    manifest = read_json(path, "ground-truth manifest")
+    manifest = store.read_json(path, "ground-truth manifest")
     if not isinstance(manifest, dict):
         raise SamrepError(f"{path}: ground-truth manifest is not a JSON object; rerun groundtruth")
     try:
-        size, order, hashes = (
-            tuple(manifest["original_size"]),
-            list(manifest["order"]),
-            dict(manifest["files_sha256"]),
-        )
+        size, order = tuple(manifest["original_size"]), list(manifest["order"])
+        hashes = dict(manifest["files_sha256"])
         manifest["weights"]["sha256"], manifest["image"]["sha256"]  # noqa: B018
     except KeyError as exc:
         raise SamrepError(f"{path}: manifest without {exc}; rerun groundtruth --force") from None
@@ -188,10 +154,8 @@ def load_ground_truth(params: HwParams) -> GroundTruth:
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != size:
             raise SamrepError(f"{data_dir / f'sam_gt_{i}.pt'}: not a bool mask of shape {size}")
         masks.append(m)
-    raw, ref = (
-        _load(data_dir / "inputs.pt", "ground-truth inputs"),
-        _load(data_dir / "reference.pt", "fp32 reference"),
-    )
+    raw = _load(data_dir / "inputs.pt", "ground-truth inputs")
+    ref = _load(data_dir / "reference.pt", "fp32 reference")
     try:
         inputs = ModelInputs(
             raw["pixel_values"],
@@ -205,7 +169,7 @@ def load_ground_truth(params: HwParams) -> GroundTruth:
             f"{data_dir}: malformed inputs.pt or reference.pt ({type(exc).__name__}: {exc}); "
             "rerun groundtruth --force"
         ) from None
-    match = {
-        n: (data_dir / n).is_file() and sha256_file(data_dir / n) == h for n, h in hashes.items()
-    }
+    match = {}  # file -> its sha256 matches the manifest
+    for name, sha in hashes.items():
+        match[name] = (data_dir / name).is_file() and store.sha256_file(data_dir / name) == sha
     return GroundTruth(torch.stack(masks), order, inputs, manifest, emb, logits, match)

@@ -1,12 +1,9 @@
-"""Interactive use, SAM's everyday workload: the image is embedded once, then every click runs
-the prompt encoder and mask decoder alone on the cached image embeddings.
+"""Interactive use: the image embedded once, then every click runs the prompt encoder and mask
+decoder alone on the cached embeddings (HF SamModel's fp32 decoder, that of the torch, inductor
+and fast backends; the ONNX decoders take one point per image and are not timed here).
 
-Timed like the core region (sync, forward, sync) on the params' device, fp32 as in every backend:
-- ms per click: one point, one image (batch 1), the latency a user waits after a click;
-- prompts/s with 16 and 64 points per image (one prompt of one point each, batched as
-  transformers' point_batch_size): the throughput of automatic or batched prompting.
-This decoder is the one the torch, inductor and fast backends run (HF SamModel's, fp32); the
-ONNX engines' decoder graphs take one point per image and are not timed here.
+Timed like the core region (sync, forward, sync): ms per click (one point, batch 1), and prompts/s
+with 16 and 64 one-point prompts per image (transformers' point_batch_size).
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from samrep.config import HwParams
 from samrep.env import environment
 from samrep.progress import log
 from samrep.row import RowContext
-from samrep.stages import hw_lock, prepare
+from samrep.stages import hw_lock
 from samrep.store import write_json
 
 POINTS = (1, 16, 64)
@@ -43,8 +40,7 @@ def _time(fn, device: torch.device, iters: int) -> list[float]:
 
 def interactive(params: HwParams, iters: int | None = None) -> dict:
     """Time the decoder side per click and per batch of prompts -> reports/<hw>/interactive.json."""
-    prepare(params, [])
-    with hw_lock(params):
+    with hw_lock(params, []):
         ctx = RowContext.load(params)
         device = torch.device(params.device)
         iters = iters or (20 if device.type == "cuda" else 3)  # a CPU click takes ~0.1-1 s
@@ -55,25 +51,18 @@ def interactive(params: HwParams, iters: int | None = None) -> dict:
         with torch.inference_mode():
             for n in POINTS:
                 # n prompts of one point each, spread around the sample's point
-                pts = point.expand(1, n, 1, 2) + torch.linspace(-64, 64, n, device=device).view(
-                    1, n, 1, 1
-                )
+                offsets = torch.linspace(-64, 64, n, device=device).view(1, n, 1, 1)
+                pts = point.expand(1, n, 1, 2) + offsets
 
                 def decode(pts=pts):
                     return model(image_embeddings=emb, input_points=pts, multimask_output=True)
 
-                s = _time(decode, device, iters)
-                ms = 1000 * statistics.median(s)
-                rows.append(
-                    {
-                        "points_per_image": n,
-                        "ms_per_call_p50": ms,
-                        "ms_per_call_p90": 1000 * sorted(s)[int(0.9 * (len(s) - 1))],
-                        "prompts_per_s": n / statistics.median(s),
-                    }
-                )
+                s = sorted(_time(decode, device, iters))
+                p50, p90 = statistics.median(s), s[int(0.9 * (len(s) - 1))]
+                row = {"points_per_image": n, "ms_per_call_p50": 1000 * p50}
+                rows.append(row | {"ms_per_call_p90": 1000 * p90, "prompts_per_s": n / p50})
                 log(
-                    f"interactive: {n} point(s) per image: {ms:.2f} ms per call, {rows[-1]['prompts_per_s']:.1f} prompts/s"
+                    f"interactive: {n} point(s) per image: {1000 * p50:.2f} ms per call, {n / p50:.1f} prompts/s"
                 )
         ctx.model.to("cpu")
         by_n = {r["points_per_image"]: r for r in rows}
@@ -84,11 +73,7 @@ def interactive(params: HwParams, iters: int | None = None) -> dict:
             "prompts_per_s_16": by_n[16]["prompts_per_s"],
             "prompts_per_s_64": by_n[64]["prompts_per_s"],
         }
-        out = {
-            "rows": [summary],
-            "calls": rows,
-            "iters": iters,
-            "environment": environment(params.device),
-        }
+        env = environment(params.device)
+        out = {"rows": [summary], "calls": rows, "iters": iters, "environment": env}
         write_json(params.report_path / "interactive.json", out)
     return out

@@ -1,11 +1,9 @@
-"""`make report`: the notebooks run by papermill into reports/<hw>/, then rendered to HTML.
+"""`make report`: the notebooks of CHAIN run by papermill into reports/<hw>/, then rendered.
 
-Chain: 01_ground_truth -> 02_export_onnx -> 03_build_engine -> 04_evaluate -> 99_summary. Each
-notebook is thin and calls a stage of samrep.stages, which reuses every fresh output, so running
-the chain again redoes only what changed. A failed ground truth stops the chain and publishes
-nothing (every later stage needs it); a failed export or build is shown by its rows; the summary
-becomes reports/<hw>/index.html (one self-contained file, code hidden, figures embedded), and
-reports/index.html lists each hw with its headline line.
+Each notebook calls a stage of samrep.stages, which reuses every fresh output. A failed ground
+truth stops the chain and publishes nothing; a failed export or build is shown by its rows. The
+summary becomes reports/<hw>/index.html (self-contained, code hidden); reports/index.html lists
+each hw with its headline line.
 """
 
 from __future__ import annotations
@@ -22,7 +20,8 @@ from samrep.errors import SamrepError
 from samrep.faults import checkpoint
 from samrep.progress import log
 from samrep.stages import prepare
-from samrep.store import REPO_ROOT, checked, confine, remove, temp_suffix, write_bytes
+from samrep.store import REPO_ROOT, checked, remove, temp_suffix, write_bytes
+from samrep.tables import headline_line, index_html, load_records
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 CHAIN = ("01_ground_truth", "02_export_onnx", "03_build_engine", "04_evaluate", "99_summary")
@@ -31,13 +30,11 @@ NEEDED_BY_ALL = ("01_ground_truth",)  # a failure here stops the chain
 
 @dataclass
 class Outcome:
+    """What run_report did: the page written, the failed notebooks (name -> why), failed rows."""
+
     page: Path | None = None
     failed_stages: dict = field(default_factory=dict)
     failed_rows: list = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.failed_stages or self.failed_rows)
 
 
 def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
@@ -48,24 +45,17 @@ def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
     tmp = checked(out.with_name(f".{name}{temp_suffix()}.ipynb"))
     tmp.parent.mkdir(parents=True, exist_ok=True)
     log(f"notebook {name}: running (papermill)")
+    source = str(NOTEBOOKS_DIR / f"{name}.ipynb")
+    options = dict(kernel_name="python3", progress_bar=False, log_output=True, cwd=str(REPO_ROOT))
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / f"{name}.ipynb"),
-            str(tmp),
-            parameters=parameters,
-            kernel_name="python3",
-            progress_bar=False,
-            log_output=True,
-            cwd=str(REPO_ROOT),
-        )
-    except papermill.PapermillExecutionError as exc:
+        papermill.execute_notebook(source, str(tmp), parameters=parameters, **options)
+    except BaseException as exc:  # a failed cell, Ctrl-C, a dead kernel: no half-run notebook
         remove(tmp)
-        line = (exc.evalue or "").splitlines()[0] if exc.evalue else ""
+        if not isinstance(exc, papermill.PapermillExecutionError):
+            raise
+        line = exc.evalue.splitlines()[0] if exc.evalue else ""
         raise SamrepError(f"notebook {name}: {line or exc.ename}") from None
-    except BaseException:  # Ctrl-C, a dead kernel: no half-run notebook stays
-        remove(tmp)
-        raise
     os.replace(tmp, checked(out))
     log(f"notebook {name}: done in {time.perf_counter() - t0:.1f} s")
     return out
@@ -86,12 +76,10 @@ def _template_dirs() -> list[str]:
     import nbconvert
     from jupyter_core.paths import jupyter_path
 
-    if any(
-        (Path(d) / "lab" / "conf.json").is_file() for d in jupyter_path("nbconvert", "templates")
-    ):
+    if any((Path(d) / "lab/conf.json").is_file() for d in jupyter_path("nbconvert", "templates")):
         return []
     beside = Path(nbconvert.__file__).resolve().parent.parent / "share/jupyter/nbconvert/templates"
-    return [str(beside)] if (beside / "lab" / "conf.json").is_file() else []
+    return [str(beside)] if (beside / "lab/conf.json").is_file() else []
 
 
 def render_html(notebook: Path, target: Path, title: str) -> Path:
@@ -121,43 +109,31 @@ def render_html(notebook: Path, target: Path, title: str) -> Path:
 
 def write_index(reports_dir: Path = REPO_ROOT / "reports") -> Path:
     """reports/index.html: every hw report with its headline line, and the published rows."""
-    from samrep.tables import headline_line, index_html, load_records
-
     entries = []
     for page in sorted(reports_dir.glob("*/index.html")):
-        records, _ = load_records(page.parent)
+        (records, _), hw = load_records(page.parent), page.parent.name
         device = next((r.environment.get("device") for r in records if r.environment), "")
-        entries.append(
-            {
-                "hw": page.parent.name,
-                "href": f"{page.parent.name}/index.html",
-                "device": device,
-                "line": headline_line(records),
-            }
-        )
+        line = headline_line(records)
+        entries.append({"hw": hw, "href": f"{hw}/index.html", "device": device, "line": line})
     return write_bytes(reports_dir / "index.html", index_html(entries).encode())
 
 
-class _ProgressOnly(logging.Filter):
+def _progress_only(record: logging.LogRecord) -> bool:
     """papermill logs every cell output: pass only samrep's progress lines and warnings."""
-
-    def filter(self, record) -> bool:
-        message = record.getMessage()
-        record.msg, record.args = message.rstrip("\n"), ()
-        return "[samrep" in message or record.levelno >= logging.WARNING
+    message = record.getMessage()
+    record.msg, record.args = message.rstrip("\n"), ()
+    return "[samrep" in message or record.levelno >= logging.WARNING
 
 
 def run_report(hw: str, force: bool = False) -> Outcome:
-    """The whole chain for one hw -> Outcome (.page: the HTML; .failed: exit 1)."""
+    """The whole chain for one hw -> Outcome (any failed stage or row: exit 1)."""
     params = load_params(hw)
-    prepare(params)  # bad input and a missing device: one line, before any work
+    prepare(params)  # bad input, a missing device: one line before any work; confines the writes
     load_params_sample(params)  # an undecodable image too (not after a stub page is published)
-    # reports/index.html beside the hw's folders: the only file the chain writes outside them
-    confine(params.data_path, params.report_path, REPO_ROOT / "reports" / "index.html")
     logger = logging.getLogger("papermill")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.addFilter(_ProgressOnly())
+        handler.addFilter(_progress_only)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -175,11 +151,8 @@ def run_report(hw: str, force: bool = False) -> Outcome:
             continue
         if name == CHAIN[-1]:
             checkpoint("report:render")
-            outcome.page = render_html(
-                nb, params.report_path / "index.html", f"samrep report: {hw}"
-            )
-    from samrep.tables import load_records
-
+            page = params.report_path / "index.html"
+            outcome.page = render_html(nb, page, f"samrep report: {hw}")
     records, _ = load_records(params.report_path, [r.key for r in params.runs])
     outcome.failed_rows = [r.key for r in records if r.status == "failed"]
     write_index()

@@ -1,10 +1,8 @@
 """The stages of a run: ground truth, export, build, evaluate; which rows run and which are reused.
 
-Every stage first checks its input (`prepare`: the params' backends, precisions and options,
-the device, the folders), takes the hw's lock and removes temporaries of dead processes. Every
-output is reused only when its stored stamp digest is current (samrep.store.is_fresh): a ground
-truth by its manifest, a row by its record, an export by its folder's stamp. Rows run in this
-process, or under torchrun with one process per GPU when world_size > 1 (samrep.distributed).
+Every stage first checks its input (`prepare`), takes the hw's lock and removes temporaries of
+dead processes. An output (ground truth, row record, export) is reused only when its stored stamp
+digest is current (samrep.store.is_fresh). Rows run here, or under torchrun (samrep.distributed).
 """
 
 from __future__ import annotations
@@ -19,8 +17,10 @@ import numpy as np
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
+from samrep import store
 from samrep.backends import BACKENDS, BackendUnavailable, get_backend
 from samrep.config import HwParams, RunParams, error_line
+from samrep.distributed import resolve_world_size, run_distributed
 from samrep.env import check_device
 from samrep.errors import SamrepError
 from samrep.faults import checkpoint
@@ -28,16 +28,6 @@ from samrep.groundtruth import load_ground_truth, run_ground_truth
 from samrep.progress import log
 from samrep.record import Record, read_record
 from samrep.row import RowContext, row_stamp, run_row
-from samrep.store import (
-    REPO_ROOT,
-    checked,
-    confine,
-    is_fresh,
-    read_json,
-    remove_stale_temporaries,
-    write_bytes,
-    write_json,
-)
 
 SUBFOLDERS = {"data": ("weights", "engines"), "report": ("results", "bench")}
 
@@ -61,9 +51,8 @@ def check_rows(params: HwParams, runs=None) -> None:
         try:
             cls.Options.model_validate(run.options)
         except ValidationError as exc:
-            raise SamrepError(
-                error_line(f"{where}.options", exc).replace("options: ", "options.")
-            ) from None
+            line = error_line(f"{where}.options", exc).replace("options: ", "options.")
+            raise SamrepError(line) from None
 
 
 def prepare(params: HwParams, runs=None) -> None:
@@ -72,17 +61,16 @@ def prepare(params: HwParams, runs=None) -> None:
     check_device(params)
     folders = {"data": params.data_path, "report": params.report_path}
     for kind, names in SUBFOLDERS.items():
-        for name in names:
-            sub = folders[kind] / name
-            if sub.is_symlink() and folders[kind].resolve() not in sub.resolve().parents:
-                raise SamrepError(
-                    f"{sub}: a symbolic link to {sub.resolve()}, outside {folders[kind]}"
-                )
+        top = folders[kind]
+        for sub in (top / name for name in names):
+            if sub.is_symlink() and top.resolve() not in sub.resolve().parents:
+                raise SamrepError(f"{sub}: a symbolic link to {sub.resolve()}, outside {top}")
     for key, folder in (("data.data_dir", params.data_path), ("report_dir", params.report_path)):
         existing = next(p for p in (folder, *folder.parents) if p.exists())
         if not os.access(existing, os.W_OK):  # read-only: refused now, not after a measurement
             raise SamrepError(f"{params.path}: {key}: {existing} is not writable")
-    confine(*folders.values(), REPO_ROOT / "reports" / "index.html")  # and the reports index
+    # and reports/index.html beside the hw's folders, the one file written outside them
+    store.confine(*folders.values(), store.REPO_ROOT / "reports" / "index.html")
 
 
 def lock_timeout() -> float:
@@ -90,7 +78,7 @@ def lock_timeout() -> float:
     once; anything but a number is bad input."""
     text = os.environ.get("SAMREP_LOCK_TIMEOUT", "").strip()
     try:
-        wait = float(text) if text else -1.0
+        wait = float(text or -1)
     except ValueError:
         wait = math.nan
     if math.isnan(wait):
@@ -99,14 +87,13 @@ def lock_timeout() -> float:
 
 
 @contextlib.contextmanager
-def hw_lock(params: HwParams):
-    """One writing run per hw: a second waits (one line says so) up to $SAMREP_LOCK_TIMEOUT s
-    (default: as long as it takes), then refuses (exit 2). The lock is data_dir/.samrep.lock
-    (filelock: the OS drops it when its holder dies, so a killed run never blocks the next)."""
-    wait = lock_timeout()
-    checked(params.data_path / ".samrep.lock")
+def hw_lock(params: HwParams, runs=None):
+    """prepare(params, runs), then one writing run per hw: a second waits up to lock_timeout(), then
+    refuses (exit 2). data_dir/.samrep.lock is a filelock: the OS drops it when its holder dies."""
+    prepare(params, runs)
+    wait, path = lock_timeout(), store.checked(params.data_path / ".samrep.lock")
     params.data_path.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(params.data_path / ".samrep.lock")
+    lock = FileLock(path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -119,7 +106,7 @@ def hw_lock(params: HwParams):
             ) from None
     try:
         for folder in (params.data_path, params.report_path):
-            if remove_stale_temporaries(folder):
+            if store.remove_stale_temporaries(folder):
                 log(f"removed temporaries of an interrupted run in {folder}")
         yield
     finally:
@@ -127,8 +114,7 @@ def hw_lock(params: HwParams):
 
 
 def groundtruth(params: HwParams, force: bool = False):
-    prepare(params, runs=[])
-    with hw_lock(params):
+    with hw_lock(params, runs=[]):
         return run_ground_truth(params, force)
 
 
@@ -138,7 +124,7 @@ def stored(params: HwParams, run: RunParams, gt_stamp: str, world_size: int = 1)
     if not path.exists():
         return None
     try:
-        rec = read_record(read_json(path), str(path))
+        rec = read_record(store.read_json(path), str(path))
         if rec.status != "ok":
             return None  # a failed or not-run row is tried again
         with np.load(path.parent / str(rec.masks_file)) as z:
@@ -146,8 +132,7 @@ def stored(params: HwParams, run: RunParams, gt_stamp: str, world_size: int = 1)
     except (SamrepError, ValueError, OSError, KeyError, TypeError, EOFError) as exc:
         log(f"{path}: damaged result ({str(exc).splitlines()[0][:120]}); measuring it again")
         return None
-    fresh = is_fresh(rec.stamp, row_stamp(params, run, gt_stamp, world_size))
-    return rec if fresh else None
+    return rec if store.is_fresh(rec.stamp, row_stamp(params, run, gt_stamp, world_size)) else None
 
 
 def save(params: HwParams, record: Record) -> None:
@@ -157,19 +142,16 @@ def save(params: HwParams, record: Record) -> None:
     if masks is not None:
         buf = io.BytesIO()
         np.savez_compressed(buf, masks=np.asarray(masks, dtype=bool))
-        write_bytes(folder / record.masks_file, buf.getvalue())
-    write_json(folder / f"{record.key}.json", record.dump())
+        store.write_bytes(folder / record.masks_file, buf.getvalue())
+    store.write_json(folder / f"{record.key}.json", record.dump())
 
 
 def evaluate(params: HwParams, force: bool = False, only: list[str] | None = None) -> list[Record]:
     """Evaluate every row (or those in `only`), reusing fresh results; failed rows are retried."""
-    from samrep.distributed import resolve_world_size, run_distributed
-
     if only and (missing := sorted(set(only) - {r.key for r in params.runs})):
         raise SamrepError(f"{params.path}: runs: no row '{missing[0]}'")
     runs = [r for r in params.runs if not only or r.key in only]
-    prepare(params, runs)
-    with hw_lock(params):
+    with hw_lock(params, runs):
         gt_stamp, n = load_ground_truth(params).manifest["stamp"], resolve_world_size(params)
         done = {r.key: rec for r in runs if not force and (rec := stored(params, r, gt_stamp, n))}
         for key in done:
@@ -193,8 +175,7 @@ def engines(params: HwParams, stage: str, force: bool = False) -> list[dict]:
     """The export stage (every infer row built from ONNX) or the build stage (every row with a
     persistent engine): made ahead of the evaluation, so their cost and failures show alone."""
     want = {"export": lambda c: c.uses_onnx, "build": lambda c: c.persistent_build}[stage]
-    prepare(params)
-    entries, ctx = [], None
+    entries, ctx, folder = [], None, params.data_path / "engines"
     with hw_lock(params):
         for run in (r for r in params.runs if r.phase == "infer"):
             entry = {"row": run.key, "status": "ok"}
@@ -212,9 +193,7 @@ def engines(params: HwParams, stage: str, force: bool = False) -> list[dict]:
             # not a failed row, and nothing is written
             ctx = ctx or RowContext.load(params)
             try:
-                backend = cls(
-                    params.device, run.precision, run.options, params.data_path / "engines", run.bs
-                )
+                backend = cls(params.device, run.precision, run.options, folder, run.bs)
                 if stage == "export":
                     info = backend.export_onnx(ctx.model, ctx.gt.inputs, force=force)
                     entry.update(info.to_dict() if hasattr(info, "to_dict") else {})
@@ -229,5 +208,5 @@ def engines(params: HwParams, stage: str, force: bool = False) -> list[dict]:
             entry["seconds"] = time.perf_counter() - t0
             log(f"{stage} {run.key}: {entry['status']} {entry.get('reason', '')}")
             entries.append(entry)
-        write_json(params.report_path / f"{stage}.json", {"hw": params.hw, "rows": entries})
+        store.write_json(params.report_path / f"{stage}.json", {"hw": params.hw, "rows": entries})
     return entries
