@@ -24,7 +24,7 @@ NUM_MASKS = 3
 MANIFEST = "manifest.json"
 INPUTS = ("pixel_values", "input_points", "original_size", "reshaped_size")  # inputs.pt's keys
 CODE = ("groundtruth", "data", "metrics", "model")  # the code the ground truth depends on
-RERUN = "rerun `python -m samrep groundtruth --force`"
+RERUN, REDO = "rerun `python -m samrep groundtruth --force`", "rerun groundtruth --force"
 
 
 @dataclass
@@ -143,11 +143,9 @@ def load_ground_truth(params: HwParams) -> GroundTruth:
         hashes = dict(manifest["files_sha256"])
         manifest["weights"]["sha256"], manifest["image"]["sha256"]  # noqa: B018
     except KeyError as exc:
-        raise SamrepError(f"{path}: manifest without {exc}; rerun groundtruth --force") from None
+        raise SamrepError(f"{path}: manifest without {exc}; {REDO}") from None
     except TypeError as exc:
-        raise SamrepError(
-            f"{path}: malformed manifest ({exc}); rerun groundtruth --force"
-        ) from None
+        raise SamrepError(f"{path}: malformed manifest ({exc}); {REDO}") from None
     masks = []
     for i in range(NUM_MASKS):
         m = _load(data_dir / f"sam_gt_{i}.pt", "ground-truth mask")
@@ -157,17 +155,12 @@ def load_ground_truth(params: HwParams) -> GroundTruth:
     raw = _load(data_dir / "inputs.pt", "ground-truth inputs")
     ref = _load(data_dir / "reference.pt", "fp32 reference")
     try:
-        inputs = ModelInputs(
-            raw["pixel_values"],
-            raw["input_points"],
-            tuple(raw["original_size"]),
-            tuple(raw["reshaped_size"]),
-        )
+        pv, points = raw["pixel_values"], raw["input_points"]
+        inputs = ModelInputs(pv, points, tuple(raw["original_size"]), tuple(raw["reshaped_size"]))
         emb, logits = ref["image_embeddings"], ref["low_res_logits"]
     except (KeyError, TypeError, IndexError) as exc:
         raise SamrepError(
-            f"{data_dir}: malformed inputs.pt or reference.pt ({type(exc).__name__}: {exc}); "
-            "rerun groundtruth --force"
+            f"{data_dir}: malformed inputs.pt or reference.pt ({type(exc).__name__}: {exc}); {REDO}"
         ) from None
     match = {}  # file -> its sha256 matches the manifest
     for name, sha in hashes.items():

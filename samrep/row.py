@@ -24,7 +24,7 @@ from samrep.env import environment
 from samrep.errors import SamrepError
 from samrep.faults import checkpoint
 from samrep.flops import flops_section
-from samrep.groundtruth import GroundTruth, load_ground_truth, load_params_model
+from samrep.groundtruth import MANIFEST, REDO, GroundTruth, load_ground_truth, load_params_model
 from samrep.memory import MemoryMonitor, current_nvml_index
 from samrep.metrics import MaskScore, postprocess_masks, rel_l2
 from samrep.progress import Progress, log
@@ -65,9 +65,7 @@ class RowContext:
         t0 = time.perf_counter()
         model, weights = load_params_model(params)
         if weights.sha256 != gt.manifest["weights"]["sha256"]:
-            raise SamrepError(
-                f"{params.data_path / 'manifest.json'}: made with other weights; rerun groundtruth --force"
-            )
+            raise SamrepError(f"{params.data_path / MANIFEST}: made with other weights; {REDO}")
         return cls(params, gt, model, weights.sha256, time.perf_counter() - t0)
 
 
@@ -223,7 +221,6 @@ def _measured(ctx, run, group, repeats, base, start_state) -> Record:
         mine["validity"]["valid"] = all(r["validity"]["valid"] for r in ranks)
     p_core = tdict["p_core"] / group.world_size  # MFU: per GPU, against one GPU's peak
     peak, vit_h = p.peaks.get(run.precision), p.model.arch == "vit_h"
-    flops = flops_section(ctx.model.config, bs, peak, run.precision, p_core, vit_h, p.path)
     export_s = getattr(backend.export_info, "export_s", 0.0)
     times = dict(load_s=ctx.load_s, export_s=export_s, build_s=build_s, measure_s=measure_s)
     record = Record(
@@ -235,16 +232,14 @@ def _measured(ctx, run, group, repeats, base, start_state) -> Record:
         distributed=dist,
         masks_file=f"{run.key}.masks.npz",
         versions=backend.versions(),
-        flops=flops,
+        flops=flops_section(ctx.model.config, bs, peak, run.precision, p_core, vit_h, p.path),
         stage_times=times,
     )
     record._first_masks = postprocess_masks(first[0], *sizes)[0].cpu()
     bad = [k for k, c in mine["validity"]["checks"].items() if c["ok"] is False]
-    log(
-        f"{run.key}: p_core {tdict['p_core']:.4g} img/s, acc {scores['acc']:.5f}, IoU "
-        f"{scores['iou']:.4f}, mem {memory['peak_gib']:.1f} GiB"
-        + (f"; INVALID: {bad}" if bad else "")
-    )
+    invalid = f"; INVALID: {bad}" if bad else ""
+    figures = f"acc {scores['acc']:.5f}, IoU {scores['iou']:.4f}, mem {memory['peak_gib']:.1f} GiB"
+    log(f"{run.key}: p_core {tdict['p_core']:.4g} img/s, {figures}{invalid}")
     return record
 
 
