@@ -92,11 +92,14 @@ def headline(records: list[Record]) -> pd.DataFrame:
     rows = []
     for p in PRECISIONS + sorted({r.row.precision for r in records} - set(PRECISIONS)):
         ok = best_rows([r for r in records if r.row.precision == p])
-        eager = [r.timing.p_core for r in ok if engine(r) == f"HF eager {p}"]
+        base = "bf16" if p == "fp8" else p  # HF eager has no fp8 mode: fp8 is set against bf16
+        same = best_rows([r for r in records if r.row.precision == base])
+        eager = [r.timing.p_core for r in same if engine(r) == f"HF eager {base}"]
         ref = "fp32" if p in ("fp32", "tf32") else "fp16"
         for top in ok[:1]:
             x, s, pub = top.timing.p_core, summary(top), PUBLISHED_P_CORE[ref]
-            speed = [num(x), f"{num(x / eager[0])}×" if eager else "–"]
+            vs = f" (vs {base})" if base != p else ""
+            speed = [num(x), f"{num(x / eager[0])}×{vs}" if eager else "–"]
             speed += [f"{num(x / pub)}× ({ref}: {pub} img/s)"]
             rows.append([p, label(top), *speed, fmt(s["acc"]), fmt(s["iou"])])
     columns = ["precision", "fastest", "p_infer_core [img/s]", "× HF eager"]
