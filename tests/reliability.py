@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,12 @@ def cli_env(params_dir: Path, **extra: str) -> dict:
     return env
 
 
+def _default_sigint() -> None:
+    # A background job (`make test &`, some CI runners) starts with SIGINT ignored, and Python
+    # then keeps it ignored: give the child the default handler, as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(params_dir: Path, *args: str, **env: str) -> subprocess.Popen:
     """`python -m samrep <args>` in its own session (a Ctrl-C reaches it and its children)."""
     return subprocess.Popen(
@@ -101,6 +108,7 @@ def start_cli(params_dir: Path, *args: str, **env: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
 
 

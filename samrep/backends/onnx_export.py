@@ -15,7 +15,6 @@ import copy
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from samrep.progress import log
+from samrep.store import checked, remove, write_json
 
 PIXEL_VALUES, IMAGE_EMBEDDINGS, INPUT_POINTS = "pixel_values", "image_embeddings", "input_points"
 LOW_RES_MASKS, IOU_SCORES = "low_res_masks", "iou_scores"
@@ -216,7 +216,7 @@ def _compare(graph: str, path: Path, feeds: dict, ref: tuple, providers: list):
 def _clean_stale(parent: Path) -> None:  # the `.tmp<pid>` folders of processes that are gone
     for tmp in parent.glob("*.tmp[0-9]*") if parent.is_dir() else []:
         if not Path(f"/proc/{tmp.name.rpartition('.tmp')[2]}").exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove(tmp)
 
 
 def export_sam(model, sha: str, workdir, request=None, example=None, providers=None, force=False):
@@ -233,19 +233,19 @@ def export_sam(model, sha: str, workdir, request=None, example=None, providers=N
     except (OSError, ValueError, KeyError, TypeError):
         pass  # none, unfinished or of another layout: export again
     t0, tmp = time.perf_counter(), folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "raw").mkdir(parents=True)
+    remove(tmp)  # every write and removal below is confined by samrep.store to the hw's folders
+    checked(tmp / "raw", "write").mkdir(parents=True)
     try:
         stamp = _export_all(model, req, tmp, example, providers or ["CPUExecutionProvider"])
-        shutil.rmtree(tmp / "raw")
+        remove(tmp / "raw")
         stamp.update(key=key, export_s=time.perf_counter() - t0)
         stamp["versions"] = {n: sys.modules[n].__version__ for n in VERSIONED if n in sys.modules}
         stamp["onnx_bytes"] = sum(p.stat().st_size for p in tmp.iterdir())
-        (tmp / STAMP).write_text(json.dumps(stamp, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)  # a stale or unstamped earlier export
-        tmp.rename(folder)
+        write_json(tmp / STAMP, stamp)
+        remove(folder)  # a stale or unstamped earlier export
+        tmp.rename(checked(folder, "write"))
     except BaseException:  # KeyboardInterrupt too: no half-made export stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
         raise
     log(f"export: {folder.name} in {stamp['export_s']:.1f} s ({stamp['onnx_bytes'] / 1e6:.1f} MB)")
     return _info(folder, req, stamp, reused=False)
