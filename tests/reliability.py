@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from samrep.store import REPO_ROOT
@@ -162,3 +163,19 @@ def run_cli(params_dir: Path, *args: str) -> int:
     finally:
         config.PARAMS_DIR = old
         store.confine()
+
+
+def own_hw_fixture(name: str, evaluated: bool = False):
+    """A module fixture: a private params folder with the tiny hw `name` (its row evaluated
+    once first if `evaluated`), and that hw's folders removed afterwards."""
+
+    @pytest.fixture(scope="module")
+    def hw(tmp_path_factory):
+        params_dir = tmp_path_factory.mktemp("params")
+        made_hw(params_dir, name)
+        if evaluated:
+            assert run_cli(params_dir, "evaluate", "--hw", name) == 0  # the earlier results
+        yield params_dir
+        remove_own(name)
+
+    return hw

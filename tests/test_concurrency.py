@@ -8,27 +8,19 @@ import json
 import os
 import signal
 
-import pytest
-
 from tests.reliability import (
     ROW,
     error_lines,
-    made_hw,
     own_folders,
+    own_hw_fixture,
     read_until,
-    remove_own,
     start_cli,
 )
 
 NAME = "concurrent"
 
 
-@pytest.fixture(scope="module")
-def hw(tmp_path_factory):
-    params_dir = tmp_path_factory.mktemp("params")
-    made_hw(params_dir, NAME)
-    yield params_dir
-    remove_own(NAME)
+hw = own_hw_fixture(NAME)
 
 
 def test_a_second_run_waits_or_refuses_while_the_first_holds_the_hw(hw):

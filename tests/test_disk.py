@@ -16,9 +16,8 @@ from samrep import store
 from tests.reliability import (
     ROW,
     error_lines,
-    made_hw,
     own_folders,
-    remove_own,
+    own_hw_fixture,
     run_cli,
     temporaries,
 )
@@ -26,13 +25,7 @@ from tests.reliability import (
 NAME = "disk"
 
 
-@pytest.fixture(scope="module")
-def hw(tmp_path_factory):
-    params_dir = tmp_path_factory.mktemp("params")
-    made_hw(params_dir, NAME)
-    assert run_cli(params_dir, "evaluate", "--hw", NAME) == 0  # the earlier results
-    yield params_dir
-    remove_own(NAME)
+hw = own_hw_fixture(NAME, evaluated=True)
 
 
 @pytest.fixture(autouse=True)

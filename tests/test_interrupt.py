@@ -11,15 +11,12 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
 from tests.reliability import (
     ROW,
     error_lines,
-    made_hw,
     own_folders,
+    own_hw_fixture,
     read_until,
-    remove_own,
     run_cli,
     start_cli,
     temporaries,
@@ -28,12 +25,7 @@ from tests.reliability import (
 NAME = "interrupt"
 
 
-@pytest.fixture(scope="module")
-def hw(tmp_path_factory):
-    params_dir = tmp_path_factory.mktemp("params")
-    made_hw(params_dir, NAME)
-    yield params_dir
-    remove_own(NAME)
+hw = own_hw_fixture(NAME)
 
 
 def test_ctrl_c_during_a_measurement_records_nothing_and_a_rerun_completes_the_row(hw, capfd):
