@@ -39,7 +39,7 @@ EXPORTERS = ("torchscript", "dynamo")  # the legacy tracer, or torch.export
 MIN_OPSET, BATCH_DIM, STAMP = 17, "batch", "export.json"
 PER_GRAPH = ("graph_opsets", "max_abs_diff", "max_abs_ref")  # stamp entries: graph -> value
 VERSIONED = ("torch", "onnx", "onnxruntime", "transformers", "onnxscript")
-FORMAT_VERSION = 2  # bump when graphs or files change: older cached exports are not reused
+FORMAT_VERSION = 3  # bump when graphs or files change: older cached exports are not reused
 # Largest |ORT - PyTorch fp32| / max |PyTorch|: a wrong graph is O(1); fp16 rounding ~0.002.
 MISMATCH = {"fp32": 1e-3, "fp16": 0.1}
 
@@ -177,10 +177,15 @@ def _finish(raw: Path, final: Path, graph: str, shapes: dict, req: ExportRequest
         nodes = onnx.load(str(final), load_external_data=False).graph.node
         keep = "/model/vision_encoder/"  # whole: everything after the encoder stays fp32
         block = [n.name for n in nodes if graph == WHOLE and not n.name.startswith(keep)]
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
         proto = convert_float_to_float16(str(final), keep_io_types=True, node_block_list=block)
-        onnx.save_model(proto, str(named), save_as_external_data=True, location=named.name + ".x")
-        # folded again: sorts the Casts the converter appends, folds those of the weights
-        session(named, cpu, fold_to=final)
+        OnnxModel(proto).topological_sort()  # the converter appends its Casts at the end
+        # not through an ORT CPU session again: it would inline Softmax into ReduceMax/Exp/...
+        # (no fp16 CPU kernel), which CUDA runs slower and cuDNN refuses past 2^31 elements
+        data = final.with_name(final.name + ".data")
+        remove(data)  # onnx appends to an existing external-data file
+        onnx.save_model(proto, str(final), save_as_external_data=True, location=data.name)
     onnx.checker.check_model(str(final))  # by path: reads external data, accepts > 2 GB
     opsets = onnx.load(str(final), load_external_data=False).opset_import
     return next(o.version for o in opsets if o.domain in ("", "ai.onnx"))

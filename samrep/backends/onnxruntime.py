@@ -1,12 +1,12 @@
 """`onnxruntime`: samrep's export in ONNX Runtime, a session per graph: CPU fp32; CUDA fp32 (TF32
 off), tf32, fp16, torch tensors bound by name, ORT on a torch stream of its own ordered with
-torch's current one (see `stream_option`). ORT allocates from an arena grown as requested
-(`allocator: arena`, optionally limited) or through torch's caching allocator (its peak counted)."""
+torch's current one (see `stream_option`). ORT allocates from its arena, grown as requested
+(optionally limited); ORT's own peak is the device memory it added (`framework_peak_gib`).
+
+(ORT's other allocator, `gpu_external_alloc` through torch's, is not offered: ORT refuses it
+together with `user_compute_stream`, and without that stream ORT runs unordered with torch.)"""
 
 from __future__ import annotations
-
-import ctypes
-from typing import Literal
 
 import numpy as np
 import torch
@@ -19,17 +19,11 @@ from samrep.progress import log
 
 ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
 NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
-ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)  # ORT's gpu_external_alloc
-FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
 class OrtOptions(oe.EngineOptions):
-    allocator: Literal["torch", "arena"] = Field(
-        "arena",
-        description="CUDA: ORT's allocations (torch: not with a user stream, ORT refuses both)",
-    )
     gpu_mem_limit_gib: float | None = Field(None, gt=0, description="CUDA arena limit, GiB")
-    cuda_graph: bool = Field(False, description="CUDA graphs (arena, static batch, all on CUDA)")
+    cuda_graph: bool = Field(False, description="CUDA graphs (static batch, all on CUDA)")
 
 
 def stream_option(handle: int) -> str:
@@ -47,10 +41,9 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
 
     def __init__(self, device, precision, options, workdir, bs=1):
         super().__init__(device, precision, options, workdir, bs)
-        if self.opts.cuda_graph and (self.opts.allocator == "torch" or self.opts.dynamic_batch):
-            raise ValueError("onnxruntime: options.cuda_graph: needs allocator arena, static batch")
-        self.sessions, self.buffers, self.stream, self.held = {}, {}, None, {}
-        self.now = self.peak = 0  # bytes ORT holds through torch's allocator, and its peak
+        if self.opts.cuda_graph and self.opts.dynamic_batch:
+            raise ValueError("onnxruntime: options.cuda_graph: needs a static batch")
+        self.sessions, self.buffers, self.stream, self.base = {}, {}, None, None
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -79,22 +72,13 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         cuda["arena_extend_strategy"] = "kSameAsRequested"  # not the next power of two
         if o.gpu_mem_limit_gib:
             cuda["gpu_mem_limit"] = int(o.gpu_mem_limit_gib * 2**30)
-        if o.allocator == "torch":  # ORT's buffers from torch's caching allocator, on ORT's stream
-            self._fns = ALLOC(self._alloc), FREE(self._free)
-            for key, fn in zip(("gpu_external_alloc", "gpu_external_free"), self._fns, strict=True):
-                cuda[key] = str(ctypes.cast(fn, ctypes.c_void_p).value)
+        self.base = self._not_torch()  # before ORT's sessions exist
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
-    def _alloc(self, n: int) -> int:  # counted: ORT's own peak
-        ptr = torch.cuda.caching_allocator_alloc(n, self.device.index or 0, self.stream) if n else 0
-        self.held[ptr], self.now = n, self.now + n
-        self.peak = max(self.peak, self.now)
-        return ptr
-
-    def _free(self, ptr: int) -> None:
-        if ptr:
-            self.now -= self.held.pop(ptr, 0)
-            torch.cuda.caching_allocator_delete(ptr)
+    def _not_torch(self) -> int:
+        """Bytes in use on the device (cudaMemGetInfo) that torch's caching allocator does not hold."""
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total - free - torch.cuda.memory_reserved(self.device)
 
     def build(self, model, inputs) -> None:
         """Export (or reuse), one session per graph, its I/O checked against the contract; on
@@ -113,7 +97,7 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
             declared = {a.name: (ORT_DTYPES.get(a.type), a.shape) for a in io}
             self.bind_contract(model.config, graph, declared)
         self.math_mode = MATH[self.precision] if self.stream is not None else "fp32"
-        log(f"onnxruntime: {', '.join(self.sessions)} ({self.math_mode}, {self.opts.allocator})")
+        log(f"onnxruntime: {', '.join(self.sessions)} ({self.math_mode})")
         if self.stream is not None:
             pair = (inputs.pixel_values, inputs.input_points)
             self.run(*(t.expand(self.bs, *t.shape[1:]).contiguous().to(self.device) for t in pair))
@@ -141,8 +125,10 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         return self.buffers.setdefault(name, t) if self.opts.cuda_graph else t
 
     def framework_peak_gib(self) -> float | None:
-        """ORT's own peak, GiB, counted in its allocator callbacks; None with ORT's arena."""
-        return self.peak / 2**30 if self.held or self.peak else None
+        """ORT's own peak, GiB (None on the CPU): the device memory added since before its sessions
+        outside torch's allocator: its arena, which only grows, with cuDNN's and cuBLAS's workspaces.
+        """
+        return None if self.base is None else (self._not_torch() - self.base) / 2**30
 
     def versions(self) -> dict:
         v = {m: __import__(m).__version__ for m in ("onnxruntime", "onnx", "torch")}
