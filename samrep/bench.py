@@ -1,8 +1,6 @@
 """Quick measurements outside the report: one configuration (`bench`), and the fast backend's
 optimisation steps one on top of the other (`steps`)."""
 
-from __future__ import annotations
-
 from samrep.config import HwParams, RunParams
 from samrep.distributed import resolve_world_size, run_distributed
 from samrep.env import environment

@@ -5,8 +5,6 @@ file, key or path, before anything is written); 130 interrupted (Ctrl-C). An une
 one line naming its type and where; SAMREP_DEBUG=1 shows the traceback.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys

@@ -5,8 +5,6 @@ be >= 1, got 0`). Unknown keys, non-finite numbers, YAML aliases, duplicate keys
 are refused; paths are relative to the repository root. samrep.stages checks backends and options.
 """
 
-from __future__ import annotations
-
 import os
 import re
 from pathlib import Path

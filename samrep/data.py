@@ -5,8 +5,6 @@ The image is `car.png` of the HF SamModel docs (hub `ybelkada/segment-anything`,
 matplotlib's `grace_hopper.jpg` (512x600, point (400, 450) on her jacket), named in every result.
 """
 
-from __future__ import annotations
-
 import contextlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path

@@ -1,8 +1,6 @@
 """Thin notebook helpers for 99_summary, a section each (the only module using IPython): tables
 as plain HTML with footnotes, plots as PNG, images as JPEG: one small self-contained page."""
 
-from __future__ import annotations
-
 import io
 import json
 

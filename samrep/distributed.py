@@ -8,8 +8,6 @@ on its share (data.datasize // world_size images) with a `TorchGroup`, which add
 Rank 0 writes the records into a temporary folder that the launcher reads back.
 """
 
-from __future__ import annotations
-
 import argparse
 import collections
 import json

@@ -1,8 +1,6 @@
 """Energy of the timed region: NVML's total-energy counter [mJ] read before and after it; the
 record's `energy` is {method, joules, j_per_image, img_per_j} or {method: "not measured", reason}."""
 
-from __future__ import annotations
-
 
 class EnergyMeter:
     def __init__(self, device: str, nvml_index: int | None = None):

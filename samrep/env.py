@@ -1,7 +1,5 @@
 """The environment of a run (versions, device, driver, CPU, git commit) and the device check."""
 
-from __future__ import annotations
-
 import contextlib
 import importlib.metadata
 import os

@@ -6,8 +6,6 @@ Points (fnmatch patterns): groundtruth:written, write:<file> (before the rename)
 build:<row>, evaluate:{build,measure,saved}:<row>, report:<notebook>, report:render, summary:masks.
 """
 
-from __future__ import annotations
-
 import fnmatch
 import os
 import time

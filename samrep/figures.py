@@ -1,8 +1,6 @@
 """The summary's figures (matplotlib, no IPython), and `load_report`: what they draw. One plot of
 a column against another (`plot_metric`), one drawing of masks against the truth (`mask_overlay`)."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 from dataclasses import dataclass, field

@@ -6,8 +6,6 @@ attention, rel-pos and out projection run on 4900 tokens, the MLP on 4096. The d
 tokens per prompt and computes all 4 masks whatever `multimask_output` says (it only slices).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import math
 

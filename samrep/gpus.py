@@ -1,8 +1,6 @@
 """Common NVIDIA GPUs' dense peaks and memory (samrep/gpus.yaml); `auto_params()`: the params of
 `make report HW=auto` for the GPU `detect()` finds (cpu's without one; MFU n/a if unknown)."""
 
-from __future__ import annotations
-
 import copy
 import os
 import re

@@ -4,8 +4,6 @@
 `manifest.json` last (on disk: finished), whose stamp names the image, point, weights and code.
 """
 
-from __future__ import annotations
-
 import time
 from dataclasses import dataclass, field
 

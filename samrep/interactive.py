@@ -6,8 +6,6 @@ Timed like the core region (sync, forward, sync): ms per click (one point, batch
 with 16 and 64 one-point prompts per image (transformers' point_batch_size).
 """
 
-from __future__ import annotations
-
 import statistics
 import time
 

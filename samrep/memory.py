@@ -4,8 +4,6 @@ A sampling process keeps the peak of one measured phase, read every `interval_ms
 over every phase: the original's defect 6); torch.cuda.max_memory_allocated is reported beside it.
 """
 
-from __future__ import annotations
-
 import multiprocessing
 import os
 import signal
@@ -97,7 +95,7 @@ class MemoryMonitor:
         self.device, self.interval_ms, self.index = device, interval_ms, device_index
         self.report: MemoryReport | None = None
 
-    def __enter__(self) -> MemoryMonitor:
+    def __enter__(self) -> "MemoryMonitor":
         self.method = "nvml" if self.device == "cuda" else "rss"
         if self.method == "nvml" and self.index is None:
             self.index = current_nvml_index()  # this process's GPU, not always GPU 0

@@ -4,8 +4,6 @@
 3 masks, images and repeats; IoU beside it (the background dominates agreement on small masks).
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 

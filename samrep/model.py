@@ -3,8 +3,6 @@
 The model is always `transformers.SamModel`; `ARCHITECTURES` maps a name to its config builder.
 """
 
-from __future__ import annotations
-
 import hashlib
 import os
 from dataclasses import asdict, dataclass

@@ -6,8 +6,6 @@ summary becomes reports/<hw>/index.html (self-contained, code hidden); reports/i
 each hw with its headline line.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import time

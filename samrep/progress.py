@@ -1,7 +1,5 @@
 """Progress output: one line per step on stderr, with the elapsed time of the run."""
 
-from __future__ import annotations
-
 import sys
 import time
 

@@ -4,8 +4,6 @@
 upgrading) schema-1 records, the committed reports before this schema.
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr

@@ -6,8 +6,6 @@ group (samrep.distributed.TorchGroup), which adds the barriers, the agreement on
 backend's own failure becomes a "failed" or "not_run" record; Ctrl-C is not caught here.
 """
 
-from __future__ import annotations
-
 import gc
 import time
 import traceback
@@ -59,7 +57,7 @@ class RowContext:
     load_s: float = 0.0
 
     @classmethod
-    def load(cls, params: HwParams) -> RowContext:
+    def load(cls, params: HwParams) -> "RowContext":
         """The ground truth and the model it was made with (else a one-line error)."""
         gt = load_ground_truth(params)
         t0 = time.perf_counter()

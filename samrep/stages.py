@@ -5,8 +5,6 @@ dead processes. An output (ground truth, row record, export) is reused only when
 digest is current (samrep.store.is_fresh). Rows run here, or under torchrun (samrep.distributed).
 """
 
-from __future__ import annotations
-
 import contextlib
 import io
 import math

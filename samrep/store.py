@@ -6,8 +6,6 @@ the folders granted with `confine`. A stamp maps what a result depends on (hashe
 inputs); `is_fresh(stored, stamp)`, the one freshness test, compares its digest with the stored one.
 """
 
-from __future__ import annotations
-
 import errno
 import hashlib
 import io

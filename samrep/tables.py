@@ -1,8 +1,6 @@
 """The summary's tables from one hardware report's records (no IPython here); `spec_table`: the
 case's columns and order (sam_h_case.md section 4), notes as footnotes, to fit a 1280-px page."""
 
-from __future__ import annotations
-
 import json
 import math
 from html import escape

@@ -8,8 +8,6 @@ Warm-up batches run first, outside both; the clock is time.perf_counter. Latency
 core time [ms], its percentiles nearest-rank over the timed batches.
 """
 
-from __future__ import annotations
-
 import math
 import time
 from collections.abc import Callable

@@ -5,8 +5,6 @@ False | None (informational), "detail": str, ...}: iterations, seconds, warm-up 
 an idle GPU at the start, a monotonic sub-us clock, ground truth and weights as the manifest's.
 """
 
-from __future__ import annotations
-
 import os
 import time
 

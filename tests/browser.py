@@ -8,8 +8,6 @@ did not decode, horizontal overflow at the viewport's width, the tables' headers
 By hand: python -m tests.browser reports/h200/index.html [shot.png]
 """
 
-from __future__ import annotations
-
 import os
 import shutil
 import sys

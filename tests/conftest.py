@@ -1,8 +1,6 @@
 """Shared fixtures: one tiny model and one params factory. Tests never use the network: the hub
 is forced offline unless a test serves files on loopback itself."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import uuid

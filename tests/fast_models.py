@@ -7,8 +7,6 @@ encoder. `sensitive_tiny_sam` re-draws the matrices with std 1/sqrt(fan_in) and 
 tables with std 0.5: logits are O(1) and zeroing the rel-pos tables flips ~6% of mask pixels.
 """
 
-from __future__ import annotations
-
 import math
 
 import torch

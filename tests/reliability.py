@@ -5,8 +5,6 @@ data/pytest-<name> and reports/pytest-<name>, removed afterwards (and only those
 is the repository's file listing outside the tests' folders, to show a refused run wrote nothing.
 """
 
-from __future__ import annotations
-
 import os
 import shutil
 import signal

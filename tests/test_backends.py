@@ -5,8 +5,6 @@ Measured on the tiny model (CPU, fp32) against the eager `torch` backend: onnxru
 4.8e-7. The tests allow 1e-4, and >= 0.999 agreement of the post-processed masks.
 """
 
-from __future__ import annotations
-
 from types import SimpleNamespace
 
 import pydantic

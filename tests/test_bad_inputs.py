@@ -8,8 +8,6 @@ The classes: 1 decoding and shape of params, 2 numbers that pass the type but no
 chain, 9 options of steps and bench. Every case runs `samrep.cli.main` in this process.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 import shutil

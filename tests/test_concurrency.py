@@ -2,8 +2,6 @@
 SAMREP_LOCK_TIMEOUT seconds (exit 2); once the first ends it runs, so no two runs ever measure
 or write the same hw at once."""
 
-from __future__ import annotations
-
 import json
 import os
 import signal

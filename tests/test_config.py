@@ -1,7 +1,5 @@
 """Params as declared schemas: every bad value is one line naming the file and the key path."""
 
-from __future__ import annotations
-
 import pytest
 
 from samrep.errors import SamrepError

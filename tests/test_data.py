@@ -1,8 +1,6 @@
 """The sample: car.png through the real hub client (a loopback imitation of the hub), the offline
 fallback, image checks, SAM preprocessing and the repeated dataset. Nothing leaves 127.0.0.1."""
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import io

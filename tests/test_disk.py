@@ -3,8 +3,6 @@ else ENOSPC injected into the store's rename) fails the run in one line and leav
 results whole and reusable; a results folder or a record that is a link to outside the
 repository is refused, and nothing is written there."""
 
-from __future__ import annotations
-
 import errno
 import os
 import subprocess

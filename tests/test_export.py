@@ -5,8 +5,6 @@ Measured on the tiny model (torch 2.13, onnxruntime 1.32, CPU), batch 2: max |OR
 iou_scores; the fp16 encoder 3.2e-3 on image_embeddings. The tests allow 25x that or more.
 """
 
-from __future__ import annotations
-
 import json
 import os
 
@@ -185,6 +183,9 @@ def test_fp16_export_keeps_float32_io_and_an_fp32_decoder(tiny_model, sha, workd
     assert types == {"encoder": {onnx.TensorProto.FLOAT16}, "decoder": {onnx.TensorProto.FLOAT}}
     # its Softmax kept whole: an ORT CPU session would inline it into ReduceMax/Exp/ReduceSum,
     # which cuDNN refused on the H200 at bs16 (the global attention's 2^32 scores)
-    ops = {n.op_type for n in onnx.load(str(info.paths["encoder"]), load_external_data=False).graph.node}
+    ops = {
+        n.op_type
+        for n in onnx.load(str(info.paths["encoder"]), load_external_data=False).graph.node
+    }
     assert "Softmax" in ops and "ReduceMax" not in ops
     assert info.max_abs_diff["encoder"]["image_embeddings"] <= 0.02 * 4  # vs PyTorch fp32

@@ -1,7 +1,5 @@
 """samrep.fast attention and rel-pos pieces vs transformers' SAM vision attention (fp32, CPU)."""
 
-from __future__ import annotations
-
 import pytest
 import torch
 from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention

@@ -1,7 +1,5 @@
 """samrep.fast.fp8: quantisation math and `_scaled_mm` layouts on the CPU (real path: CUDA)."""
 
-from __future__ import annotations
-
 import pytest
 import torch
 from torch import nn

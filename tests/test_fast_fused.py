@@ -6,8 +6,6 @@ tests/test_fast_fused_ops.py. Tiny config: block 0 windowed (14, padded 64 -> 70
 global; `sensitive_tiny_sam` makes the encoder matter (O(1) logits).
 """
 
-from __future__ import annotations
-
 import pytest
 import torch
 from torch import nn

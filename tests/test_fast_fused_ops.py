@@ -7,8 +7,6 @@ truncation for some values (not round-to-nearest as the GPU does), so the checks
 activations, and the fp8 kernels store their scaled values in fp32 (`q_dtype`) for the check.
 """
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys

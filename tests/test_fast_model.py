@@ -5,8 +5,6 @@ tokens, windows padded 64 -> 70) has O(1) logits that depend on the encoder: zer
 rel-pos tables flips ~7.5% of mask pixels, so these checks are not vacuous.
 """
 
-from __future__ import annotations
-
 import pytest
 import torch
 

@@ -1,8 +1,6 @@
 """samrep.fast.steps on the CPU: steps 0 and 8 on the tiny config run and agree (timings
 unchecked; 8 runs eagerly on the kernels' torch references)."""
 
-from __future__ import annotations
-
 import torch
 
 from samrep.fast.steps import STEP_NAMES, _batched, optimisation_steps

@@ -4,8 +4,6 @@ Small SAMs run for real on the CPU; ViT-H is counted on the meta device (shapes 
 math, well under a second) and against the constants measured once on a real forward.
 """
 
-from __future__ import annotations
-
 import dataclasses
 
 import pytest

@@ -1,8 +1,6 @@
 """A stamp names only what a result depends on: report code never makes results stale, one
 backend's code makes only its own rows stale."""
 
-from __future__ import annotations
-
 import shutil
 
 import pytest

@@ -1,7 +1,5 @@
 """samrep.gpus: NVML names to dense peaks, and the HW=auto params they make."""
 
-from __future__ import annotations
-
 import pytest
 
 from samrep import gpus

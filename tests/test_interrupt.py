@@ -3,8 +3,6 @@ traceback (the memory sampler exits quietly) and nothing half-written; a rerun c
 A killed run's temporaries (an atomic write's file, an ONNX export's folder) are removed by the
 next run; a live process's are not."""
 
-from __future__ import annotations
-
 import json
 import os
 import signal

@@ -2,8 +2,6 @@
 the architecture check and the synthetic init's activation scale. No network: HF_HUB_OFFLINE
 and an endpoint on 127.0.0.1 where nothing listens."""
 
-from __future__ import annotations
-
 import socket
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """The summary from a tiny fixture set of schema-2 records: tables, figures, notebook, browser."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os

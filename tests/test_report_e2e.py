@@ -1,7 +1,5 @@
 """The whole `make report HW=tiny` path: papermill notebooks, nbconvert HTML."""
 
-from __future__ import annotations
-
 import re
 import subprocess
 import sys

@@ -1,7 +1,5 @@
 """The one row function: the same record sections in one process and under torchrun."""
 
-from __future__ import annotations
-
 import json
 
 import pytest

@@ -5,8 +5,6 @@ kernel is defined, so it runs in a child process. The reference is checked again
 transformers through the fast model's tests (tests/test_fast_model.py, attention="kernel").
 """
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys

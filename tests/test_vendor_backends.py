@@ -5,8 +5,6 @@ modes, "not run" reasons). With the toolkit and its device: the tiny model's eng
 eager PyTorch; otherwise those tests are skipped with the reason.
 """
 
-from __future__ import annotations
-
 import importlib.util
 
 import pydantic

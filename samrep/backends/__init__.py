@@ -2,8 +2,6 @@
 missing toolkit makes a "not run: <reason>" row, never a crash. The code list feeds the row
 stamps (samrep.store.code_digest): editing one backend makes only its rows stale."""
 
-from __future__ import annotations
-
 import importlib
 
 from samrep.backends.base import Backend, BackendUnavailable

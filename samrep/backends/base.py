@@ -6,8 +6,6 @@ frame), float32 on its device, to low_res_masks (B,3,256,256) logits and iou_sco
 Timing, scores and memory are measured around it, alike for all; options: its pydantic `Options`.
 """
 
-from __future__ import annotations
-
 import copy
 from abc import ABC, abstractmethod
 from pathlib import Path

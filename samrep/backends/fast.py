@@ -6,8 +6,6 @@ replayed from a CUDA graph; elsewhere the bias folded into q/k for SDPA's flash 
 Options: `FastOptions`. The prompt encoder and mask decoder are HF's, in fp32 as everywhere.
 """
 
-from __future__ import annotations
-
 import copy
 from typing import Literal
 

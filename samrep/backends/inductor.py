@@ -1,8 +1,6 @@
 """`inductor`: torch.compile of the HF SamModel (same mixed precision as `torch`), compiled in
 the evaluation (its code does not persist across processes); the time in `versions.compile_s`."""
 
-from __future__ import annotations
-
 import importlib.util
 import shutil
 import time

@@ -2,8 +2,6 @@
 `export_onnx`, one I/O contract (`contract`), one check of bound tensors (`check_tensors`), one
 batch planner (`batch_profile`) and the engine check (`verify`) the row runs after the build."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 

@@ -9,8 +9,6 @@ subgraphs (the rel-pos Resize) folded by ORT's basic optimizer; "fp16" converts 
 `export.json` is written; a failed export removes it, one a dead process left goes at next start.
 """
 
-from __future__ import annotations
-
 import copy
 import json
 import logging

@@ -6,8 +6,6 @@ torch's current one (see `stream_option`). ORT allocates from its arena, grown a
 (ORT's other allocator, `gpu_external_alloc` through torch's, is not offered: ORT refuses it
 together with `user_compute_stream`, and without that stream ORT runs unordered with torch.)"""
 
-from __future__ import annotations
-
 import numpy as np
 import torch
 from pydantic import Field

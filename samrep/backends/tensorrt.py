@@ -3,8 +3,6 @@ Bound by name on torch's stream (tensor-name API, no pycuda: defect 5), checked 
 engine's dtypes and shapes (defects 3, 4); fp32 clears TF32 (defect 2); fp16/bf16 are builder
 flags, LayerNorm and Softmax kept fp32. Cached in <workdir>/tensorrt/ by a hash of their inputs."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os

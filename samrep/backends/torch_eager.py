@@ -1,7 +1,5 @@
 """`torch`: the HF SamModel in eager PyTorch (SDPA attention): the case's "val" phase."""
 
-from __future__ import annotations
-
 import torch
 
 from samrep.backends.base import HFBackend

@@ -3,8 +3,6 @@ did (inference_engine/kunlunxin/xtcl.py at 98d85df9, XTCL 2.0.0.67); never run b
 authors ("UNVERIFIED": not checked against XTCL). Torch on the CPU; run() copies to the XPU and
 back. Only its own options are read (defect 8); I/O by name, cast by value (defects 3, 4)."""
 
-from __future__ import annotations
-
 import os
 from typing import Literal
 

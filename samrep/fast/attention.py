@@ -12,8 +12,6 @@ without a mask (`FastVisionAttention`, the CPU fallback; ViT-H: 208 dims global,
 `GridVisionAttention` runs `samrep.fast.triton_attention`'s kernel on the unpadded grid.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -4,8 +4,6 @@ per output channel once, activations per row by their producers (`samrep.fast.fu
 e4m3 keeps 3 mantissa bits (relative rounding <= 2^-4): an approximation of the bf16 model.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

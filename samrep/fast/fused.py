@@ -10,8 +10,6 @@ the attention kernel writes bf16 (a row spans all heads: no one program sees its
 Shapes: x, d (B, S, S, C) in the activation dtype (bf16 for fp8), contiguous.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

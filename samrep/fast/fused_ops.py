@@ -10,8 +10,6 @@ custom ops whose CPU kernels are the torch references the tests compare the kern
 Shapes: x, d (..., C) contiguous; weight, bias, d_bias (C,); scale (rows, 1) float32.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 

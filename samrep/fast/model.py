@@ -9,8 +9,6 @@ residual stream and LayerNorms in fp32 (ViT-H overflows otherwise); `fused=True`
 `samrep.fast.fused` blocks, optionally with fp8 linears. Static shapes, no host syncs.
 """
 
-from __future__ import annotations
-
 import copy
 import itertools
 

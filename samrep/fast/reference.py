@@ -3,8 +3,6 @@ kernels): `reference_attention` (`triton_attention`), `rel_terms_reference` (`tr
 fp32 math, CPU or GPU.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 

@@ -15,8 +15,6 @@ times (synchronize, forward, synchronize). A failing step becomes {"step", "name
 "traceback"} and the next step still runs.
 """
 
-from __future__ import annotations
-
 import gc
 import time
 import traceback

@@ -8,8 +8,6 @@ in fp32; dots accumulate in fp32 from fp16/bf16. head_dim: a power of two >= 16 
 two (80 = 64 + 16). On a CPU the kernel runs only under TRITON_INTERPRET=1.
 """
 
-from __future__ import annotations
-
 import torch
 
 from samrep.fast.reference import grid_tables, reference_attention, rel_width

@@ -7,8 +7,6 @@ on an H200. Here one Triton program per grid line (row y for rel_h, column x for
 and image reads q once and does (S x D) @ (D x GP) on tensor cores, in the attention's layout.
 """
 
-from __future__ import annotations
-
 import torch
 
 from samrep.fast.reference import rel_terms_reference
