@@ -149,6 +149,7 @@ def _measured(ctx, run, group, repeats, base, start_state) -> Record:
 
     def build():
         checkpoint(f"evaluate:build:{run.key}")  # test hook (samrep.faults)
+        backend.reference = gt.ref_embeddings
         backend.build(ctx.model, gt.inputs)
 
     backend = stage("check", make)

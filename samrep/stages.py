@@ -192,6 +192,7 @@ def engines(params: HwParams, stage: str, force: bool = False) -> list[dict]:
             ctx = ctx or RowContext.load(params)
             try:
                 backend = cls(params.device, run.precision, run.options, folder, run.bs)
+                backend.reference = ctx.gt.ref_embeddings
                 if stage == "export":
                     info = backend.export_onnx(ctx.model, ctx.gt.inputs, force=force)
                     entry.update(info.to_dict() if hasattr(info, "to_dict") else {})

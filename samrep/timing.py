@@ -75,8 +75,8 @@ def measure(
     after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) post-processes and scores inside
     whole; barrier() (several processes) after the warm-up starts every timed loop together;
     meter.start()/stop() (energy) bracket the timed loop."""
-    batches = iter(dataset)
-    for _ in range(warmup):
+    batches, done = iter(dataset), backend.warm_batches  # batches of this shape already run
+    for _ in range(warmup - done):
         pv, pts = next(batches, None) or next(iter(dataset))
         core_step(backend, pv, pts)
     backend.synchronize()
@@ -98,7 +98,8 @@ def measure(
     if meter is not None:
         meter.stop()
     n, ms = len(core_times), [t * 1000 for t in core_times]
-    return Timing(n * dataset.bs, n, dataset.bs, repeat, warmup, whole, sum(core_times), ms)
+    warm = max(warmup, done)
+    return Timing(n * dataset.bs, n, dataset.bs, repeat, warm, whole, sum(core_times), ms)
 
 
 def median_timing(timings: list[Timing]) -> Timing:

@@ -189,3 +189,15 @@ def test_fp16_export_keeps_float32_io_and_an_fp32_decoder(tiny_model, sha, workd
     }
     assert "Softmax" in ops and "ReduceMax" not in ops
     assert info.max_abs_diff["encoder"]["image_embeddings"] <= 0.02 * 4  # vs PyTorch fp32
+
+
+def test_the_check_uses_a_given_reference_for_image_0(tiny_model, sha, tmp_path):
+    """The ground truth's embeddings stand in for the check's first PyTorch encoder pass: the
+    right ones pass, wrong ones fail the export (so they are what the check compares)."""
+    pv, pts = ex.example_batch(None, 1)
+    with torch.no_grad():
+        emb = tiny_model.vision_encoder(pv).last_hidden_state
+    info = ex.export_sam(tiny_model, sha, tmp_path / "a", example=(pv, pts, emb))
+    assert info.max_abs_diff["encoder"]["image_embeddings"] < 1e-4
+    with pytest.raises(ex.ExportMismatch, match="image_embeddings"):
+        ex.export_sam(tiny_model, sha, tmp_path / "b", example=(pv, pts, emb + 1.0))

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from samrep.data import ModelInputs, RepeatedDataset
@@ -8,6 +9,7 @@ class CountingBackend:
     """A minimal backend: counts calls; outputs of the right shapes."""
 
     device = torch.device("cpu")
+    warm_batches = 0
 
     def __init__(self):
         self.calls = 0
@@ -24,6 +26,19 @@ class CountingBackend:
 
 def _inputs():
     return ModelInputs(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 1, 2), (8, 8), (8, 8))
+
+
+@pytest.mark.parametrize(
+    "built, warmup, runs, recorded", [(3, 4, 1, 4), (5, 2, 0, 5), (0, 0, 0, 0)]
+)
+def test_batches_the_build_ran_count_as_warm_up(built, warmup, runs, recorded):
+    """A backend whose build and engine check ran `built` batches of the row's shape runs only the
+    warm-up batches still missing; the record counts them all."""
+    backend = CountingBackend()
+    backend.warm_batches = built
+    dataset = RepeatedDataset(_inputs(), datasize=3, bs=3)
+    timing = measure(backend, dataset, repeat=1, warmup=warmup, after_batch=lambda m, s: None)
+    assert backend.calls == 1 + runs and timing.warmup_batches == recorded
 
 
 def test_measure_counts_images_and_excludes_warmup():

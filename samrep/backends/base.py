@@ -45,6 +45,10 @@ class Backend(ABC):
         self.opts = self.Options.model_validate(self.options)
         self.math_mode = precision  # what actually ran, e.g. "fp32 (TF32 off)"
         self.export_info = None  # the ONNX export this backend built from, if any
+        # the ground truth's fp32 image embeddings (1,256,64,64), set by whoever builds: an
+        # export's check reuses them instead of an encoder pass (~40 s on a 2-core CPU)
+        self.reference = None
+        self.warm_batches = 0  # batches of the row's bs its build and engine check ran
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:

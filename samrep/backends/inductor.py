@@ -35,7 +35,8 @@ class InductorBackend(HFBackend):
             raise BackendUnavailable("inductor on CUDA needs triton (not installed)")
 
     def build(self, model, inputs) -> None:
-        """Copy the model to the device in the precision, compile, run one batch of bs twice."""
+        """Copy the model to the device in the precision, compile, run one batch of bs (twice with
+        CUDA graphs, which are recorded on the second call)."""
         o = self.opts
         super().build(model, inputs)
         self.model.eval()
@@ -47,8 +48,10 @@ class InductorBackend(HFBackend):
         t0 = time.perf_counter()
         self.run(pv, pts)
         self.synchronize()
-        self.compile_s = time.perf_counter() - t0
-        self.run(pv, pts)  # reduce-overhead records its CUDA graphs on the second call
+        self.compile_s, self.warm_batches = time.perf_counter() - t0, 1
+        if o.mode in ("reduce-overhead", "max-autotune"):
+            self.run(pv, pts)
+            self.warm_batches = 2
         log(f"inductor: compiled (mode {o.mode}, bs {self.bs}) in {self.compile_s:.1f} s")
 
     @torch.no_grad()

@@ -137,7 +137,9 @@ class OnnxEngine(Backend):
 
         o, p, batch = self.opts, self.graph_precision(), 2 if self.opts.dynamic_batch else self.bs
         req = ex.ExportRequest(p, o.part, o.opset, o.dynamic_batch, batch, o.exporter)
-        pair = None if inputs is None else (inputs.pixel_values, inputs.input_points)
+        pair = (
+            None if inputs is None else (inputs.pixel_values, inputs.input_points, self.reference)
+        )
         sha, providers = weights_sha256(model), self.check_providers()
         self.export_info = ex.export_sam(model, sha, self.workdir, req, pair, providers, force)
         return self.export_info
@@ -153,6 +155,7 @@ class OnnxEngine(Backend):
             dst = torch.full(host.shape, float("nan"), device=self.device)  # read early: NaN
             feeds.append(dst.copy_(host.pin_memory() if cuda else host, non_blocking=cuda))
         masks, _ = self.run(*feeds)
+        self.warm_batches += 1
         score = MaskScore(gt.masks.to(self.device), gt.order)
         score.update(postprocess_masks(masks, gt.inputs.reshaped_size, gt.inputs.original_size))
         r, threshold = score.result(), MIN_ACC[self.precision]

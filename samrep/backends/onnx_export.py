@@ -124,12 +124,13 @@ class ExportInfo:
 
 def example_batch(example, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch` distinct CPU images, points (image i rolled 97*i pixels, point moved by i*(37, 23):
-    a batch-axis mix-up shows) from one example, seeded synthetic when None."""
+    a batch-axis mix-up shows) from one example (pixel_values, input_points[, its fp32 image
+    embeddings or None]), seeded synthetic when None."""
     if example is None:
         pv = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
         pts = torch.tensor([[[[450.0, 600.0]]]])
     else:
-        pv, pts = (t[:1].detach().float().cpu() for t in example)
+        pv, pts = (t[:1].detach().float().cpu() for t in example[:2])
     pts = torch.cat([(pts + torch.tensor([37.0, 23.0]) * i).clamp(0, 1023) for i in range(batch)])
     return torch.cat([torch.roll(pv, 97 * i, dims=-1) for i in range(batch)]), pts
 
@@ -224,7 +225,8 @@ def _clean_stale(parent: Path) -> None:  # the `.tmp<pid>` folders of processes 
 
 def export_sam(model, sha: str, workdir, request=None, example=None, providers=None, force=False):
     """`model` (fp32 SamModel, `sha` its weights' sha256) exported or reused -> ExportInfo. example:
-    (pixel_values (1,3,1024,1024), input_points (1,1,1,2)); providers: ORT's for the check."""
+    (pixel_values (1,3,1024,1024), input_points (1,1,1,2)[, their fp32 image_embeddings
+    (1,256,64,64), the check's reference for image 0]); providers: ORT's for the check."""
     req = request or ExportRequest()
     key, folder = req.key(sha), req.folder(workdir, sha)
     _clean_stale(folder.parent)
@@ -268,7 +270,10 @@ def _export_all(model, req: ExportRequest, tmp: Path, example, providers: list) 
     modules = {g: SamGraph(m, g) for g in GRAPH_IO}
     feeds = {ENCODER: {PIXEL_VALUES: pv}, WHOLE: {PIXEL_VALUES: pv, INPUT_POINTS: pts}}
     with torch.no_grad():  # one ViT-H encoder image: ~45 s on 2 CPU cores
-        emb = modules[ENCODER](pv) if req.part == "split" else None
+        emb, known = None, example[2] if example is not None and len(example) > 2 else None
+        if req.part == "split":  # image 0's reference given (the ground truth's): one pass less
+            head = [] if known is None else [known[:1].detach().float().cpu()]
+            emb = torch.cat(head + [modules[ENCODER](pv[len(head) :])])
         feeds[DECODER] = {IMAGE_EMBEDDINGS: emb, INPUT_POINTS: pts}
         refs = {g: modules[g](*feeds[g].values()) for g in PARTS[req.part] if g != ENCODER}
     refs[ENCODER] = (emb,)

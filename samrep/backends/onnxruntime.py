@@ -99,6 +99,7 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         if self.stream is not None:
             pair = (inputs.pixel_values, inputs.input_points)
             self.run(*(t.expand(self.bs, *t.shape[1:]).contiguous().to(self.device) for t in pair))
+            self.warm_batches += 1
 
     def run_graph(self, graph: str, feeds: dict, outs: list, batch: int) -> dict:
         session = self.sessions[graph]
