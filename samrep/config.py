@@ -119,9 +119,8 @@ class HwParams(_Schema):
     def weights_path(self) -> Path | None:
         """model.weights as a local folder inside data_dir; None for a hub id."""
         w = self.model.weights
-        if not w or not (w.startswith((".", "/", "~")) or (REPO_ROOT / w).is_dir()):
-            return None
-        return inside(w, "model.weights", self.path, self.data_path)
+        local = w and (w.startswith((".", "/", "~")) or (REPO_ROOT / w).is_dir())
+        return inside(w, "model.weights", self.path, self.data_path) if local else None
 
     @property
     def image_path(self) -> Path | None:
