@@ -162,10 +162,9 @@ class _StrictLoader(yaml.SafeLoader):
         if depth > MAX_DEPTH:
             raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels")
         self._depth = depth + 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth = depth
+        node = super().compose_node(parent, index)  # (an error ends the load: no reset needed)
+        self._depth = depth
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = set()
