@@ -27,10 +27,9 @@ STAGES = {
 
 def _count(low: int, high: int):
     def parse(text: str) -> int:
-        if not text.strip().isdigit() or not low <= int(text) <= high:
-            message = f"must be an integer from {low} to {high}, got {text!r}"
-            raise argparse.ArgumentTypeError(message)
-        return int(text)
+        if text.strip().isdigit() and low <= int(text) <= high:
+            return int(text)
+        raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {text!r}")
 
     return parse
 
@@ -49,12 +48,8 @@ def parser() -> argparse.ArgumentParser:
     epilog += "\n\nexit codes: 0 ok, 1 rows/stages failed, 2 bad input, 130 interrupted"
     epilog += "\nSAMREP_LOCK_TIMEOUT=S: wait at most S s for another run on the same hw"
     epilog += " (default: wait; 0: refuse at once)"
-    top = _Parser(
-        prog="python -m samrep",
-        description="samrep: SAM ViT-H inference benchmark",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    raw = dict(epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = _Parser("python -m samrep", description="samrep: SAM ViT-H inference benchmark", **raw)
     sub = top.add_subparsers(dest="stage", required=True, metavar="stage", parser_class=_Parser)
     hw_help = "a params/<hw>.yaml name, or auto (default: cpu)"
     for name, text in STAGES.items():
@@ -106,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _failed(what: str, keys: list[str]) -> int:
+def _failed(what: str, keys: list[str] | dict[str, str]) -> int:
     if keys:
         _say(f"{what} failed: {', '.join(keys)}")
     return 1 if keys else 0
@@ -116,20 +111,15 @@ def _run(args) -> int:
     # imported here, not at the top: `--help` and bad arguments answer without loading torch
     import pandas as pd
 
-    from samrep import bench, interactive, pipeline, stages
-    from samrep.config import RunParams, load_params
-    from samrep.gpus import auto_hw
-    from samrep.groundtruth import load_ground_truth
-    from samrep.tables import load_records, spec_table
+    from samrep import bench, config, gpus, groundtruth, interactive, pipeline, stages, tables
 
     if args.hw == "auto":
-        args.hw = auto_hw()
+        args.hw = gpus.auto_hw()
     if args.stage == "report":
         outcome = pipeline.run_report(args.hw, force=args.force)
         print(outcome.page)
-        failed_stages = _failed("stages", list(outcome.failed_stages))
-        return failed_stages or _failed("rows", outcome.failed_rows)
-    params = load_params(args.hw)
+        return _failed("stages", outcome.failed_stages) or _failed("rows", outcome.failed_rows)
+    params = config.load_params(args.hw)
     if args.stage == "groundtruth":
         stages.groundtruth(params, force=args.force)
     elif args.stage in ("export", "build"):
@@ -139,8 +129,8 @@ def _run(args) -> int:
         records = stages.evaluate(params, force=args.force, only=args.only)
         return _failed("rows", [r.key for r in records if r.status == "failed"])
     elif args.stage == "summary":
-        records, problems = load_records(params.report_path, [run.key for run in params.runs])
-        table, notes = spec_table(records)
+        records, problems = tables.load_records(params.report_path, [r.key for r in params.runs])
+        table, notes = tables.spec_table(records)
         with pd.option_context("display.max_columns", None, "display.width", 250):
             print(table.replace(r"<sup>(\d+)</sup>", r" [\1]", regex=True).to_string(index=False))
         for i, line in enumerate(notes, 1):
@@ -150,13 +140,13 @@ def _run(args) -> int:
     elif args.stage == "bench":
         if args.world_size is not None:
             params = params.model_copy(update={"world_size": args.world_size})
-        run = RunParams(
+        run = config.RunParams(
             backend=args.backend, precision=args.precision, bs=args.bs, phase=args.phase
         )
         if run.bs > (n := params.data.datasize):
             raise SamrepError(f"--bs: {run.bs} is larger than data.datasize {n} of {params.path}")
         stages.prepare(params, [run])  # the row's checks first, then
-        load_ground_truth(params)  # before torchrun starts workers: one line, not one per rank
+        groundtruth.load_ground_truth(params)  # before torchrun: one line, not one per rank
         return 0 if bench.bench(params, run, args.repeats).status == "ok" else 1
     elif args.stage == "interactive":
         interactive.interactive(params)

@@ -119,9 +119,8 @@ class HwParams(_Schema):
     def weights_path(self) -> Path | None:
         """model.weights as a local folder inside data_dir; None for a hub id."""
         w = self.model.weights
-        if not w or not (w.startswith((".", "/", "~")) or (REPO_ROOT / w).is_dir()):
-            return None
-        return inside(w, "model.weights", self.path, self.data_path)
+        local = w and (w.startswith((".", "/", "~")) or (REPO_ROOT / w).is_dir())
+        return inside(w, "model.weights", self.path, self.data_path) if local else None
 
     @property
     def image_path(self) -> Path | None:
@@ -163,10 +162,9 @@ class _StrictLoader(yaml.SafeLoader):
         if depth > MAX_DEPTH:
             raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels")
         self._depth = depth + 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth = depth
+        node = super().compose_node(parent, index)  # (an error ends the load: no reset needed)
+        self._depth = depth
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = set()

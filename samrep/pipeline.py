@@ -1,9 +1,7 @@
-"""`make report`: the notebooks of CHAIN run by papermill into reports/<hw>/, then rendered.
-
-Each notebook calls a stage of samrep.stages, which reuses every fresh output. A failed ground
-truth stops the chain and publishes nothing; a failed export or build is shown by its rows. The
-summary becomes reports/<hw>/index.html (self-contained, code hidden); reports/index.html lists
-each hw with its headline line.
+"""`make report`: the notebooks of CHAIN (each a stage of samrep.stages) run by papermill into
+reports/<hw>/. A failed ground truth stops the chain and publishes nothing; a failed export or build
+shows in its rows. The summary becomes reports/<hw>/index.html (self-contained, code hidden);
+reports/index.html lists each hw with its headline line.
 """
 
 import logging
@@ -23,7 +21,6 @@ from samrep.tables import headline_line, index_html, load_records
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 CHAIN = ("01_ground_truth", "02_export_onnx", "03_build_engine", "04_evaluate", "99_summary")
-NEEDED_BY_ALL = ("01_ground_truth",)  # a failure here stops the chain
 
 
 @dataclass
@@ -43,9 +40,8 @@ def execute_notebook(name: str, params: HwParams, parameters: dict) -> Path:
     tmp = checked(out.with_name(f".{name}{temp_suffix()}.ipynb"))
     tmp.parent.mkdir(parents=True, exist_ok=True)
     log(f"notebook {name}: running (papermill)")
-    source = str(NOTEBOOKS_DIR / f"{name}.ipynb")
+    source, t0 = str(NOTEBOOKS_DIR / f"{name}.ipynb"), time.perf_counter()
     options = dict(kernel_name="python3", progress_bar=False, log_output=True, cwd=str(REPO_ROOT))
-    t0 = time.perf_counter()
     try:
         papermill.execute_notebook(source, str(tmp), parameters=parameters, **options)
     except BaseException as exc:  # a failed cell, Ctrl-C, a dead kernel: no half-run notebook
@@ -88,18 +84,11 @@ def render_html(notebook: Path, target: Path, title: str) -> Path:
 
     nb = nbformat.read(notebook, as_version=4)
     nb.metadata["title"] = title  # the page's <title>
-    extra = _template_dirs()
-    exporter = HTMLExporter(
-        extra_template_basedirs=[os.getcwd(), *extra],
-        extra_template_paths=extra,
-        template_name="lab",
-        template_file=_OFFLINE,
-        extra_loaders=[DictLoader({_OFFLINE: _OFFLINE_SRC})],
-        exclude_input=True,
-        exclude_input_prompt=True,
-        exclude_output_prompt=True,
-    )
-    body, _ = exporter.from_notebook_node(nb)
+    extra, loader = _template_dirs(), DictLoader({_OFFLINE: _OFFLINE_SRC})
+    paths = dict(extra_template_basedirs=[os.getcwd(), *extra], extra_template_paths=extra)
+    template = dict(template_name="lab", template_file=_OFFLINE, extra_loaders=[loader])
+    hide = dict(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = HTMLExporter(**paths, **template, **hide).from_notebook_node(nb)
     write_bytes(target, body.encode())
     log(f"report: wrote {target}")
     return target
@@ -144,7 +133,7 @@ def run_report(hw: str, force: bool = False) -> Outcome:
         except Exception as exc:  # SamrepError (the notebook raised), a dead kernel, ...
             log(f"notebook {name}: FAILED: {exc}")
             outcome.failed_stages[name] = str(exc)
-            if name in NEEDED_BY_ALL:
+            if name == CHAIN[0]:  # the ground truth, which every later stage needs
                 raise SamrepError(f"report {hw}: {exc}; nothing published") from None
             continue
         if name == CHAIN[-1]:

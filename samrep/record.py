@@ -1,7 +1,6 @@
 """The result record of one row (`reports/<hw>/results/<key>.json`), schema 2: each fact once.
 
-`summary(record)` is the flat view that tables and figures read; `read_record` also reads (by
-upgrading) schema-1 records, the committed reports before this schema.
+`summary(record)` is the flat view tables and figures read; `read_record` upgrades schema-1 records.
 """
 
 from typing import Any, Literal
@@ -9,12 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 SCHEMA = 2
-Status = Literal["ok", "failed", "not_run"]
 
 
 class _Section(BaseModel):
-    # Sections keep what a newer writer adds (a reader must not drop it), but the names declared
-    # here are checked for type.
+    # keeps what a newer writer adds (a reader must not drop it); the declared names are typed
     model_config = ConfigDict(extra="allow")
 
 
@@ -68,7 +65,7 @@ class Record(BaseModel):
     hw: str
     key: str
     row: Row
-    status: Status
+    status: Literal["ok", "failed", "not_run"]
     reason: str | None = None
     failed_stage: str | None = None
     traceback: str | None = None
@@ -106,8 +103,7 @@ def upgrade_v1(d: dict) -> dict:
     keep += ("masks_file", "distributed", "dataset", "environment", "stage_times", "versions")
     new |= {k: d[k] for k in keep if d.get(k)}
     if t:
-        lat = {"p50": "core_batch_ms_median", "min": "core_batch_ms_min"}
-        lat["max"] = "core_batch_ms_max"
+        lat = dict(p50="core_batch_ms_median", min="core_batch_ms_min", max="core_batch_ms_max")
         timing = new["timing"] = {k: t[k] for k in ("images", "batches", "core_s", "whole_s")}
         timing |= {k: m.get(k, t.get(k)) for k in ("p_core", "p_whole")}
         timing["latency_ms"] = {k: t[v] for k, v in lat.items() if v in t}
@@ -156,9 +152,8 @@ def summary(rec: Record) -> dict:
     out |= {f"latency_{q}_ms": lat.get(q) for q in ("p50", "p90", "p99")}
     energy, checks = rec.energy or {}, (rec.validity or {}).get("checks") or {}
     # how it was measured, or why not ("not measured: no NVML energy counter on a CPU")
-    out["energy"] = energy.get("method", "not measured") + (
-        f": {energy['reason']}" if energy.get("reason") else ""
-    )
+    reason = f": {energy['reason']}" if energy.get("reason") else ""
+    out["energy"] = energy.get("method", "not measured") + reason
     out["failed_checks"] = [k for k, c in checks.items() if c.get("ok") is False]
     out["synthetic_weights"] = (rec.inputs.get("weights") or {}).get("synthetic")
     out["commit"] = rec.environment.get("git_commit")

@@ -1,8 +1,7 @@
-"""The stages of a run: ground truth, export, build, evaluate; which rows run and which are reused.
+"""The stages: ground truth, export, build, evaluate; which rows run and which are reused.
 
-Every stage first checks its input (`prepare`), takes the hw's lock and removes temporaries of
-dead processes. An output (ground truth, row record, export) is reused only when its stored stamp
-digest is current (samrep.store.is_fresh). Rows run here, or under torchrun (samrep.distributed).
+Each stage checks its input (`prepare`), takes the hw's lock, removes dead runs' temporaries and
+reuses an output only when its stamp is current (store.is_fresh); rows run here or under torchrun.
 """
 
 import contextlib
@@ -27,25 +26,23 @@ from samrep.progress import log
 from samrep.record import Record, read_record
 from samrep.row import RowContext, row_stamp, run_row
 
-SUBFOLDERS = {"data": ("weights", "engines"), "report": ("results", "bench")}
+SUBFOLDERS = (("weights", "engines"), ("results", "bench"))  # of data_dir, of report_dir
 
 
 def check_rows(params: HwParams, runs=None) -> None:
     """Every row names a known backend, a precision it has and options it takes (exit 2)."""
+    known = ", ".join(sorted(BACKENDS))
     for i, run in enumerate(runs or params.runs):
         where = f"{params.path}: runs[{i}]"
         if run.backend not in BACKENDS:
-            raise SamrepError(
-                f"{where}.backend: unknown backend '{run.backend}' (known: {', '.join(sorted(BACKENDS))})"
-            )
+            raise SamrepError(f"{where}.backend: unknown backend '{run.backend}' (known: {known})")
         try:
             cls = get_backend(run.backend)
         except BackendUnavailable:
             continue  # its module needs a toolkit this machine lacks: a "not run" row
         if run.precision not in cls.precisions:
-            raise SamrepError(
-                f"{where}.precision: backend '{run.backend}' has no {run.precision} mode (has {', '.join(cls.precisions)})"
-            )
+            has = f"has no {run.precision} mode (has {', '.join(cls.precisions)})"
+            raise SamrepError(f"{where}.precision: backend '{run.backend}' {has}")
         try:
             cls.Options.model_validate(run.options)
         except ValidationError as exc:
@@ -57,14 +54,12 @@ def prepare(params: HwParams, runs=None) -> None:
     """Check everything a stage needs before it writes anything, and confine its writes."""
     check_rows(params, runs)
     check_device(params)
-    folders = {"data": params.data_path, "report": params.report_path}
-    for kind, names in SUBFOLDERS.items():
-        top = folders[kind]
+    folders = {"data.data_dir": params.data_path, "report_dir": params.report_path}
+    for (key, top), names in zip(folders.items(), SUBFOLDERS, strict=True):
         for sub in (top / name for name in names):
             if sub.is_symlink() and top.resolve() not in sub.resolve().parents:
                 raise SamrepError(f"{sub}: a symbolic link to {sub.resolve()}, outside {top}")
-    for key, folder in (("data.data_dir", params.data_path), ("report_dir", params.report_path)):
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        existing = next(p for p in (top, *top.parents) if p.exists())
         if not os.access(existing, os.W_OK):  # read-only: refused now, not after a measurement
             raise SamrepError(f"{params.path}: {key}: {existing} is not writable")
     # and reports/index.html beside the hw's folders, the one file written outside them
@@ -75,13 +70,10 @@ def lock_timeout() -> float:
     """$SAMREP_LOCK_TIMEOUT in seconds: unset or negative waits as long as it takes, 0 refuses at
     once; anything but a number is bad input."""
     text = os.environ.get("SAMREP_LOCK_TIMEOUT", "").strip()
-    try:
-        wait = float(text or -1)
-    except ValueError:
-        wait = math.nan
-    if math.isnan(wait):
-        raise SamrepError(f"SAMREP_LOCK_TIMEOUT: must be a number of seconds, got {text!r}")
-    return wait
+    with contextlib.suppress(ValueError):
+        if not math.isnan(wait := float(text or -1)):
+            return wait
+    raise SamrepError(f"SAMREP_LOCK_TIMEOUT: must be a number of seconds, got {text!r}")
 
 
 @contextlib.contextmanager
@@ -89,9 +81,8 @@ def hw_lock(params: HwParams, runs=None):
     """prepare(params, runs), then one writing run per hw: a second waits up to lock_timeout(), then
     refuses (exit 2). data_dir/.samrep.lock is a filelock: the OS drops it when its holder dies."""
     prepare(params, runs)
-    wait, path = lock_timeout(), store.checked(params.data_path / ".samrep.lock")
+    wait, lock = lock_timeout(), FileLock(store.checked(params.data_path / ".samrep.lock"))
     params.data_path.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -99,9 +90,8 @@ def hw_lock(params: HwParams, runs=None):
         try:
             lock.acquire(timeout=wait)
         except Timeout:
-            raise SamrepError(
-                f"{lock.lock_file}: another samrep run holds hw '{params.hw}' (waited {wait:g} s)"
-            ) from None
+            held = f"{lock.lock_file}: another samrep run holds hw '{params.hw}'"
+            raise SamrepError(f"{held} (waited {wait:g} s)") from None
     try:
         for folder in (params.data_path, params.report_path):
             if store.remove_stale_temporaries(folder):
@@ -136,8 +126,7 @@ def stored(params: HwParams, run: RunParams, gt_stamp: str, world_size: int = 1)
 def save(params: HwParams, record: Record) -> None:
     """The masks first, then the record (a record on disk vouches for its masks)."""
     folder = params.report_path / "results"
-    masks = getattr(record, "_first_masks", None)
-    if masks is not None:
+    if (masks := record._first_masks) is not None:
         buf = io.BytesIO()
         np.savez_compressed(buf, masks=np.asarray(masks, dtype=bool))
         store.write_bytes(folder / record.masks_file, buf.getvalue())
@@ -176,8 +165,7 @@ def engines(params: HwParams, stage: str, force: bool = False) -> list[dict]:
     entries, ctx, folder = [], None, params.data_path / "engines"
     with hw_lock(params):
         for run in (r for r in params.runs if r.phase == "infer"):
-            entry = {"row": run.key, "status": "ok"}
-            t0 = time.perf_counter()
+            entry, t0 = {"row": run.key, "status": "ok"}, time.perf_counter()
             try:
                 cls = get_backend(run.backend)
                 if not want(cls):

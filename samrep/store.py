@@ -1,9 +1,8 @@
 """The store: atomic writes, JSON, hashes, stamps and the one freshness check.
 
-Every write goes through `write_bytes` (temporary file in the same folder, fsync, rename): a killed
-run leaves the old file or the new one. Writes and removals must resolve (links followed) inside
-the folders granted with `confine`. A stamp maps what a result depends on (hashes of code, params,
-inputs); `is_fresh(stored, stamp)`, the one freshness test, compares its digest with the stored one.
+Every write goes through `write_bytes` (temporary file beside it, fsync, rename: a killed run leaves
+the old file or the new one) and, like every removal, must resolve inside the `confine` folders.
+A stamp maps what a result depends on (code, params, inputs); `is_fresh` checks its digest.
 """
 
 import errno
@@ -30,8 +29,7 @@ def confine(*folders: Path) -> None:
 
 
 def checked(path: Path, what: str = "write") -> Path:
-    """The real path of `path` (links resolved now), or a SamrepError if it leaves the folders
-    granted with `confine`. Every write and removal calls it just before it happens."""
+    """The real path of `path` (links resolved now); a SamrepError outside the `confine` folders."""
     real = Path(path).resolve()
     if _ROOTS and not any(real == r or r in real.parents for r in _ROOTS):
         shown = ", ".join(str(r) for r in _ROOTS)
@@ -41,14 +39,11 @@ def checked(path: Path, what: str = "write") -> Path:
 
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write `data` to `path` atomically; a full disk or a read-only folder is a SamrepError."""
-    real = checked(path, "write")
+    real, tmp = checked(path, "write"), None
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
         # ".<name>.<random>.tmp<pid>": removed at a later start only once its writer is dead
         fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=temp_suffix())
-    except OSError as exc:
-        raise SamrepError(f"{path}: cannot write ({exc.strerror})") from None
-    try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are for everyone
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,13 +51,13 @@ def write_bytes(path: Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         checkpoint(f"write:{real.name}")  # test hook: killed before the rename
         os.replace(tmp, real)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:  # a full disk, a read-only folder, Ctrl-C: no temporary left
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         full = " (disk full)" if exc.errno == errno.ENOSPC else ""
         raise SamrepError(f"{path}: cannot write ({exc.strerror}){full}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return real
 
 
@@ -123,10 +118,8 @@ def remove_stale_temporaries(folder: Path) -> int:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
+    except OSError as exc:  # EPERM: alive, another user's
+        return exc.errno != errno.ESRCH
     return True
 
 
