@@ -1,9 +1,7 @@
-"""`fast`: the same SAM weights and math through a faster image encoder (samrep.fast).
-
-On CUDA with Triton (16-bit): the Triton rel-pos attention kernel on the unpadded token grid
-and fused blocks (`samrep.fast.fused`; in fp8 the producers quantise), run eagerly and
-replayed from a CUDA graph; elsewhere the bias folded into q/k for SDPA's flash attention.
-Options: `FastOptions`. The prompt encoder and mask decoder are HF's, in fp32 as everywhere.
+"""`fast`: the same SAM weights and math through a faster image encoder (samrep.fast). On CUDA
+with Triton (16-bit): the rel-pos attention kernel on the unpadded grid and fused blocks (fp8:
+the producers quantise), replayed from a CUDA graph; elsewhere the bias folded into q/k for
+flash SDPA. Options: `FastOptions`. Prompt encoder and mask decoder: HF's, fp32 as everywhere.
 """
 
 import copy
@@ -50,23 +48,15 @@ def default_attention(device: torch.device, precision: str) -> str:
 
 
 def decoder_copy(model):
-    """An fp32 copy of `model` without its image encoder (prompt encoder + mask decoder only)."""
-    encoder = model.vision_encoder
-    model.vision_encoder = None  # not copied: only the 3.6 GFLOP decoder side is needed
-    try:
-        return copy.deepcopy(model)
-    finally:
-        model.vision_encoder = encoder
+    """An fp32 copy of `model` without its image encoder (prompt encoder + mask decoder only):
+    the encoder is None in deepcopy's memo, so only the 3.6 GFLOP decoder side is copied."""
+    return copy.deepcopy(model, {id(model.vision_encoder): None})
 
 
 class FastBackend(Backend):
     name = "fast"
     precisions = ("fp32", "fp16", "bf16", "fp8")
-    Options = FastOptions
-
-    def __init__(self, device, precision, options, workdir, bs=1):
-        super().__init__(device, precision, options, workdir, bs)
-        self.opts = FastOptions.model_validate(self.options)
+    Options = FastOptions  # validated into self.opts by Backend.__init__
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -85,8 +75,7 @@ class FastBackend(Backend):
 
         cuda, opts, fp8 = self.device.type == "cuda", self.opts, self.precision == "fp8"
         if cuda:  # fp32 means fp32: TF32 off, as in the torch backend
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.dtype = DTYPES["bf16" if fp8 else self.precision]  # fp8: bf16 between the GEMMs
         source = copy.deepcopy(model) if self.precision == "fp32" else model  # fp32 shares weights
         self.attention = opts.attention or default_attention(self.device, self.precision)
@@ -94,9 +83,7 @@ class FastBackend(Backend):
             raise BackendUnavailable("fast: attention 'kernel' needs a CUDA GPU and 16-bit inputs")
         residual, fused = opts.fp32_residual, opts.fused_ln
         if fused is None:  # fp16 keeps its fp32 residual, which the fused blocks do not have
-            fused = (
-                self.attention == "kernel" and self.precision in ("bf16", "fp8") and not residual
-            )
+            fused = self.attention == "kernel" and self.precision != "fp16" and not residual
         if fp8 and not fused:
             raise BackendUnavailable("fast fp8 needs the fused blocks (attention 'kernel')")
         fast = build_fast_sam(
@@ -114,9 +101,11 @@ class FastBackend(Backend):
         bs = self.bs
         pv = inputs.pixel_values.expand(bs, -1, -1, -1).contiguous().to(self.device)
         pts = inputs.input_points.expand(bs, -1, -1, -1).contiguous().to(self.device)
-        if cuda and opts.cuda_graph is not False:
+        if cuda and opts.cuda_graph is not False:  # replayed at the row's shape, others eager
+            eager, shape = self.encoder, pv.shape
             with torch.inference_mode():
-                self.encoder = GraphedEncoder(self.encoder, cuda_graph, pv.to(self.dtype))
+                replay = cuda_graph(eager, pv.to(self.dtype))
+            self.encoder = lambda x: replay(x) if x.shape == shape else eager(x)
         self.math_mode = self._math_mode(fused)
         # Capture now, at the row's batch size, so build time holds it.
         for _ in range(2):
@@ -147,16 +136,3 @@ class FastBackend(Backend):
         import transformers
 
         return {"torch": torch.__version__, "transformers": transformers.__version__}
-
-
-class GraphedEncoder:
-    """The encoder replayed from a CUDA graph captured at one input shape (others: eager)."""
-
-    def __init__(self, encoder, cuda_graph, example: torch.Tensor):
-        self.encoder, self.shape = encoder, example.shape
-        self.replay = cuda_graph(encoder, example)
-
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if pixel_values.shape != self.shape:
-            return self.encoder(pixel_values)
-        return self.replay(pixel_values)

@@ -53,8 +53,7 @@ class FastVisionAttention(nn.Module):
 
     def __init__(self, attn: SamVisionAttention, grid: int):
         super().__init__()
-        self.qkv = attn.qkv
-        self.proj = attn.proj
+        self.qkv, self.proj = attn.qkv, attn.proj
         self.num_heads = int(attn.num_attention_heads)
         self.head_dim = attn.qkv.out_features // (3 * self.num_heads)
         self.scale = float(attn.scale)
@@ -106,8 +105,7 @@ class GridVisionAttention(nn.Module):
         super().__init__()
         if not attn.use_rel_pos:
             raise ValueError("GridVisionAttention needs SAM's rel-pos attention (use_rel_pos)")
-        self.qkv = attn.qkv
-        self.proj = attn.proj
+        self.qkv, self.proj = attn.qkv, attn.proj
         self.num_heads = int(attn.num_attention_heads)
         self.head_dim = attn.qkv.out_features // (3 * self.num_heads)
         split_head_dim(self.head_dim)  # ValueError now rather than at the first forward
@@ -119,9 +117,8 @@ class GridVisionAttention(nn.Module):
         self.register_buffer("grid_w", grid_tables(table_w, self.size), persistent=False)
         # the op takes the qkv bias (what a padding token projects to); without one, zeros
         weight = attn.qkv.weight
-        zeros = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-        bias = None if attn.qkv.bias is not None else zeros
-        self.register_buffer("zero_bias", bias, persistent=False)
+        zeros = None if attn.qkv.bias is not None else weight.new_zeros(weight.shape[0])
+        self.register_buffer("zero_bias", zeros, persistent=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         b, height, width, channels = hidden_states.shape

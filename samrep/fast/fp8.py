@@ -41,8 +41,7 @@ class Fp8Linear(nn.Module):
         if linear.in_features % 16 or linear.out_features % 16:  # _scaled_mm needs this
             raise ValueError(f"fp8 linear needs features divisible by 16, got {linear}")
         self.fast_accum = bool(fast_accum)
-        with torch.no_grad():
-            weight_fp8, scale = quantize(linear.weight.detach())
+        weight_fp8, scale = quantize(linear.weight.detach())
         self.register_buffer("weight_bits", weight_fp8.view(torch.uint8))
         self.register_buffer("scale_bits", scale.reshape(1, -1).contiguous().view(torch.int32))
         self.bias = linear.bias

@@ -20,6 +20,7 @@ from samrep.fast.fp8 import Fp8Linear, scaled_mm
 from samrep.fast.fused_ops import add_layernorm, gelu_quant
 
 GELU = ("exact", "tanh")
+FP8_LINEARS = ("qkv", "fc1", "fc2")
 
 
 def linear_gelu_tanh(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
@@ -41,9 +42,6 @@ class FastMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin2(linear_gelu_tanh(x, self.lin1))
-
-
-FP8_LINEARS = ("qkv", "fc1", "fc2")
 
 
 class FusedVisionLayer(nn.Module):

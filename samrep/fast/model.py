@@ -11,6 +11,7 @@ residual stream and LayerNorms in fp32 (ViT-H overflows otherwise); `fused=True`
 
 import copy
 import itertools
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +35,8 @@ def converted_copy(
     is untouched. Tensors already in dtype/device share storage (an fp32 copy costs nothing);
     tied parameters stay tied; no grads."""
     memo: dict[int, object] = {}
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        if id(tensor) in memo:
-            continue
-        floating = tensor.is_floating_point()
-        new = tensor.detach().to(device=device, dtype=dtype if floating else None)
+    for tensor in itertools.chain(module.parameters(), module.buffers()):  # tied: listed once
+        new = tensor.detach().to(device=device, dtype=dtype if tensor.is_floating_point() else None)
         if isinstance(tensor, nn.Parameter):
             new = nn.Parameter(new, requires_grad=False)
         memo[id(tensor)] = new
@@ -79,8 +77,7 @@ class PatchEmbedGemm(nn.Module):
             raise ValueError("PatchEmbedGemm needs a square conv with stride == kernel size")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = pixel_values.shape
-        p = self.patch
+        (b, c, h, w), p = pixel_values.shape, self.patch
         patches = pixel_values.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         patches = patches.reshape(b, h // p, w // p, c * p * p)
         return F.linear(patches, self.weight.flatten(1), self.bias)
@@ -132,16 +129,12 @@ class FastVisionEncoder(nn.Module):
             raise ValueError("fused layers need attention='kernel' and no fp32 residual")
         self.patch_embed = PatchEmbedGemm(encoder.patch_embed)
         self.pos_embed = encoder.pos_embed  # (1, 64, 64, C) parameter, or None
-        self.layers = nn.ModuleList(
-            FusedVisionLayer(layer, grid, gelu=gelu, fp8=fp8, fast_accum=kw["fast_accum"])
-            if self.fused
-            else FastVisionLayer(
-                layer, grid, attention=attention, upcast_norm=upcast_norm, gelu=gelu
-            )
-            for layer in encoder.layers
-        )
-        # SAM's neck (1x1 conv, LN, 3x3 conv, LN, channels first), held here so the fp16
-        # LayerNorm swap never touches the HF module
+        if self.fused:
+            make = partial(FusedVisionLayer, gelu=gelu, fp8=fp8, fast_accum=kw["fast_accum"])
+        else:
+            make = partial(FastVisionLayer, attention=attention, upcast_norm=upcast_norm, gelu=gelu)
+        self.layers = nn.ModuleList(make(layer, grid) for layer in encoder.layers)
+        # SAM's neck (1x1 conv, LN, 3x3 conv, LN), held here: the fp16 LN swap leaves HF's alone
         norm = UpcastLayerNorm if upcast_norm else (lambda m: m)
         self.neck_conv1 = encoder.neck.conv1
         self.neck_norm1 = norm(encoder.neck.layer_norm1)
@@ -153,8 +146,7 @@ class FastVisionEncoder(nn.Module):
         hidden_states = self.patch_embed(pixel_values.to(dtype))
         if self.pos_embed is not None:
             hidden_states = hidden_states + self.pos_embed
-        if self.upcast_norm:
-            # fp16: keep the residual stream in fp32 (the layers' fp16 outputs promote into it)
+        if self.upcast_norm:  # fp16: the residual stream in fp32 (fp16 layer outputs promote)
             hidden_states = hidden_states.float()
         if self.fused:
             hidden_states = run_fused_layers(self.layers, hidden_states)
@@ -175,23 +167,20 @@ class FastSam(nn.Module):
         super().__init__()
         self.precision_dtype = hf.vision_encoder.patch_embed.projection.weight.dtype
         self.vision_encoder = FastVisionEncoder(hf.vision_encoder, **kw)
-        self.prompt_encoder = hf.prompt_encoder
-        self.mask_decoder = hf.mask_decoder
-        with torch.no_grad():
-            # depends on weights only: (1, 256, 64, 64), computed by HF in the model dtype
+        self.prompt_encoder, self.mask_decoder = hf.prompt_encoder, hf.mask_decoder
+        with torch.no_grad():  # weights only: (1, 256, 64, 64), computed by HF in the model dtype
             image_pe = hf.get_image_wide_positional_embeddings()
         self.register_buffer("image_pe", image_pe.detach().clone(), persistent=False)
 
     def forward(self, pixel_values: torch.Tensor, input_points: torch.Tensor):
         image_embeddings = self.vision_encoder(pixel_values)
-        batch = image_embeddings.shape[0]
         labels = torch.ones_like(input_points[..., 0], dtype=torch.int)  # as SamModel does
         sparse, dense = self.prompt_encoder(
             input_points=input_points, input_labels=labels, input_boxes=None, input_masks=None
         )
         masks, iou = self.mask_decoder(
             image_embeddings=image_embeddings,
-            image_positional_embeddings=self.image_pe.expand(batch, -1, -1, -1),
+            image_positional_embeddings=self.image_pe.expand(len(image_embeddings), -1, -1, -1),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=True,
@@ -200,16 +189,10 @@ class FastSam(nn.Module):
 
 
 def build_fast_sam(
-    model: SamModel,
-    *,
-    precision: str = "bf16",
-    attention: str = "folded",
-    fp8_linear: bool | tuple[str, ...] = False,
-    fp32_residual: bool | None = None,
-    gelu: str = "exact",
-    fused: bool = False,
-    fp8_fast_accum: bool = False,
-) -> FastSam:
+    model: SamModel, *, precision: str = "bf16", attention: str = "folded",
+    fp8_linear: bool | tuple[str, ...] = False, fp32_residual: bool | None = None,
+    gelu: str = "exact", fused: bool = False, fp8_fast_accum: bool = False,
+) -> FastSam:  # fmt: skip
     """A `FastSam` (eval, no grads) with `model`'s weights on its device; `model` untouched;
     move it with `.to(device)` only. precision: "fp32" (weights shared), "fp16" or "bf16".
     attention: "folded" or "kernel" (Triton on CUDA, its torch reference on the CPU); fused:
@@ -224,15 +207,7 @@ def build_fast_sam(
             raise ValueError(f"fp8_linear needs fused=True and precision='bf16', got {precision!r}")
         check_fp8_supported()
     hf = converted_copy(model, DTYPES[precision]).eval()
-    if fp32_residual is None:
-        fp32_residual = precision == "fp16"
-    fast = FastSam(
-        hf,
-        attention=attention,
-        upcast_norm=fp32_residual,
-        gelu=gelu,
-        fused=fused,
-        fp8=fp8_linear,
-        fast_accum=fp8_fast_accum,
-    )
+    residual = precision == "fp16" if fp32_residual is None else fp32_residual
+    layers = dict(gelu=gelu, fused=fused, fp8=fp8_linear, fast_accum=fp8_fast_accum)
+    fast = FastSam(hf, attention=attention, upcast_norm=residual, **layers)
     return fast.eval().requires_grad_(False)

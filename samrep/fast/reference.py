@@ -24,21 +24,14 @@ def grid_tables(table: torch.Tensor, size: int) -> torch.Tensor:
 def rel_terms_reference(
     q: torch.Tensor, grid_h: torch.Tensor, grid_w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's decomposed rel-pos terms for every token of the grid, in the kernel's layout.
-
-    q: (B, S, S, heads, head_dim) (a strided view of qkv is fine), unscaled as in SAM;
-    grid_h, grid_w: (S, GP, head_dim) from `grid_tables` (GP = rel_width(G)).
-    Returns rel_h, rel_w, each (B, heads, S * S, GP) contiguous (columns >= G are zero):
-    rel_h[b, n, y*S + x, r] = q[b, y, x, n] . grid_h[y, r]; rel_w likewise with grid_w[x, c].
-    """
-    b, s, _, heads, _ = q.shape
-    rel_h = torch.einsum("byxnc,ykc->bnyxk", q, grid_h)
-    rel_w = torch.einsum("byxnc,xkc->bnyxk", q, grid_w)
-    g = grid_h.shape[1]
-    return (
-        rel_h.reshape(b, heads, s * s, g).contiguous(),
-        rel_w.reshape(b, heads, s * s, g).contiguous(),
-    )
+    """SAM's decomposed rel-pos terms for every grid token, in the kernel's layout: q (B, S, S,
+    heads, head_dim) unscaled as in SAM (a strided view of qkv is fine), grid_h, grid_w (S, GP,
+    head_dim) from `grid_tables` (GP = rel_width(G)) -> rel_h, rel_w, each (B, heads, S * S, GP)
+    contiguous (columns >= G zero): rel_h[b, n, y*S + x, r] = q[b, y, x, n] . grid_h[y, r];
+    rel_w likewise with grid_w[x, c]."""
+    rel_h = torch.einsum("byxnc,ykc->bnyxk", q, grid_h).flatten(2, 3)
+    rel_w = torch.einsum("byxnc,xkc->bnyxk", q, grid_w).flatten(2, 3)
+    return rel_h.contiguous(), rel_w.contiguous()
 
 
 def reference_attention(

@@ -1,18 +1,17 @@
 """Measure the optimisation steps of `samrep.fast` one on top of the other, on one device.
 
   0 HF eager (its attention implementation, SDPA by default) in the precision
-  8 FastSam with fused blocks (`samrep.fast.fused`): the Triton rel-pos attention kernel on
-    the unpadded grid, the patch conv as one GEMM, residual add + LayerNorm in one Triton
-    pass; eager (every hot op a hand-written kernel or cuBLAS) + CUDA graph, as are 9-11
+  8 FastSam, fused blocks (`samrep.fast.fused`): Triton rel-pos attention on the unpadded grid,
+    patch conv as one GEMM, residual add + LayerNorm in one Triton pass; eager + CUDA graph
   9 + GELU in fc1's cuBLASLt epilogue (tanh approximation)
- 10 + fp8 qkv/fc1/fc2 quantised by their producers (the norms and a bias + tanh-GELU kernel
-    emit e4m3 + per-row dynamic scales); proj bf16 (bf16 only)
- 11 + fp8 GEMMs with fast accumulation (bf16 only)
+ 10 + fp8 qkv/fc1/fc2 quantised by their producers (the norms, a bias + tanh-GELU kernel: e4m3 +
+    per-row dynamic scales); proj bf16
+ 11 + fp8 GEMMs with fast accumulation (10 and 11: bf16 only)
 
 Steps 1-7 (cached rel-pos index, folded attention, torch.compile, ...) are removed; 0 and 8-11
 keep their numbers (reports/h200/steps.json). img/s = bs * iters / sum of per-iteration core
-times (synchronize, forward, synchronize). A failing step becomes {"step", "name", "error",
-"traceback"} and the next step still runs.
+times (sync, forward, sync). A failing step becomes {"step", "name", "error", "traceback"} and
+the next step still runs.
 """
 
 import gc
@@ -59,16 +58,12 @@ def _sync(device: torch.device) -> None:
 
 def _batched(t: torch.Tensor, bs: int) -> torch.Tensor:
     """`t` with batch `bs`: sliced, or tiled along dim 0 (e.g. one image repeated)."""
-    if t.shape[0] >= bs:
-        return t[:bs]
-    reps = -(-bs // t.shape[0])
-    return t.repeat(reps, *([1] * (t.ndim - 1)))[:bs]
+    return t[torch.arange(bs, device=t.device) % t.shape[0]]
 
 
 def cuda_graph(fn: Callable, *inputs: torch.Tensor) -> Callable[..., torch.Tensor]:
-    """Capture `fn(*static_inputs)` in a CUDA graph. Returns run(*args): copy args (default:
-    `inputs`) into the static inputs, replay, return the static output (overwritten by the
-    next replay)."""
+    """Capture `fn(*inputs)` in a CUDA graph; run(*args) copies args (default: `inputs`) into
+    the static inputs, replays, returns the static output (overwritten by the next replay)."""
     static = [x.clone() for x in inputs]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -119,32 +114,22 @@ def _measure(fn: Callable[[], torch.Tensor], device, bs: int, iters: int, warmup
 
 
 def optimisation_steps(
-    model: SamModel,
-    pixel_values: torch.Tensor,
-    input_points: torch.Tensor,
-    *,
-    bs: int,
-    precision: str,
-    device: str,
-    iters: int,
-    warmup: int,
-    steps: Sequence[int] = STEPS,
+    model: SamModel, pixel_values: torch.Tensor, input_points: torch.Tensor, *, bs: int,
+    precision: str, device: str, iters: int, warmup: int, steps: Sequence[int] = STEPS,
     score: Callable[[torch.Tensor], dict] | None = None,
-) -> list[dict]:
+) -> list[dict]:  # fmt: skip
     """Measure the cumulative optimisation steps (module docstring); one dict per step run.
 
     model: HF SamModel, never modified (each step works on a copy). pixel_values (N, 3, 1024,
     1024) and input_points (N, 1, 1, 2) pixel coords are sliced or tiled to batch `bs`.
     precision: "fp32" | "fp16" | "bf16"; steps: which to run (removed ones are skipped).
-    A row: step, name, img_per_s, ms_per_iter_mean/min, first_call_s, compile_s (CUDA-graph
-    capture), max_abs_diff and mask_agreement (low-res logits vs step 0's, sign agreement;
-    None without step 0), peak_mem_gib (CUDA), bs, precision, math_mode, and what `score`
-    returns for the step's last low-res logits (bs, 1, 3, 256, 256) float (e.g. acc, IoU).
-    """
+    A row: step, name, bs, precision, img_per_s, ms_per_iter_mean/min, first_call_s, compile_s
+    (CUDA-graph capture), max_abs_diff and mask_agreement (low-res logits vs step 0's, sign
+    agreement; None without step 0), math_mode, peak_mem_gib (CUDA), and what `score` returns
+    for the step's last low-res logits (bs, 1, 3, 256, 256) float (e.g. acc, IoU)."""
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
-    dev = torch.device(device)
-    dtype = DTYPES[precision]
+    dev, dtype = torch.device(device), DTYPES[precision]
     pv = _batched(pixel_values, bs).to(dev, dtype)
     pts = _batched(input_points, bs).to(dev, torch.float32)
     results: list[dict] = []
@@ -154,11 +139,7 @@ def optimisation_steps(
         """(forward returning low-res logits, capture seconds) for step i."""
         if i == 0:
             hf = converted_copy(model, dtype, dev).eval()
-
-            def hf_masks() -> torch.Tensor:
-                return hf(pixel_values=pv, input_points=pts, multimask_output=True).pred_masks
-
-            return hf_masks, 0.0
+            return (lambda: hf(pv, input_points=pts, multimask_output=True).pred_masks), 0.0
         if i in FP8_STEPS and precision != "bf16":
             raise RuntimeError("fp8 linear is measured in bf16 only")
         if i not in BUILDS:
@@ -175,7 +156,6 @@ def optimisation_steps(
         name = STEP_NAMES[i] if 0 <= i < len(STEP_NAMES) else f"step {i}"
         if name is None:
             continue  # a removed step
-        fn = None
         try:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)

@@ -163,14 +163,6 @@ if triton is not None:
             tl.store(out_rows + d1[None, :], out1, mask=q_ok[:, None])
 
 
-def launch_config(window: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest of a sweep on one H200 (bf16,
-    bs16; reports/h200/attention_sweep.txt): windowed 0.87 ms, global 5.85 ms per layer."""
-    if window * window <= 256:
-        return 256, 64, 8, 2
-    return 128, 64, 4, 2
-
-
 def windowed_attention(
     qkv: torch.Tensor,
     qkv_bias: torch.Tensor | None,
@@ -201,7 +193,10 @@ def windowed_attention(
     qkv = qkv.contiguous()
     out = torch.empty(b, s, s, num_heads * head_dim, dtype=qkv.dtype, device=qkv.device)
     nwin = -(-s // window)
-    block_m, block_n, warps, stages = block or launch_config(window)
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest of a sweep on one H200 (bf16,
+    # bs16; reports/h200/attention_sweep.txt): windowed 0.87 ms, global 5.85 ms per layer
+    fastest = (256, 64, 8, 2) if window * window <= 256 else (128, 64, 4, 2)
+    block_m, block_n, warps, stages = block or fastest
     grid = (triton.cdiv(window * window, block_m), b * nwin * nwin * num_heads)
     bias = qkv_bias if qkv_bias is not None else qkv.new_zeros(3 * num_heads * head_dim)
     _relpos_attention_kernel[grid](

@@ -1,10 +1,8 @@
-"""SAM's decomposed rel-pos terms for every token, read straight from the qkv projection:
-
-    rel_h[b, n, y*S + x, r] = q[b, y, x, n] . grid_h[y, r],   rel_w likewise with grid_w[x, c]
-
-As two einsums this is permuted copies of q plus small GEMMs, ~0.38 ms per ViT-H layer at bs16
-on an H200. Here one Triton program per grid line (row y for rel_h, column x for rel_w), head
-and image reads q once and does (S x D) @ (D x GP) on tensor cores, in the attention's layout.
+"""SAM's decomposed rel-pos terms for every token (`reference.rel_terms_reference`), read
+straight from the qkv projection. As two einsums: permuted copies of q plus small GEMMs, ~0.38 ms
+per ViT-H layer at bs16 on an H200. Here one Triton program per grid line (row y for rel_h,
+column x for rel_w), head and image reads q once and does (S x D) @ (D x GP) on tensor cores,
+in the attention's layout.
 """
 
 import torch
@@ -54,6 +52,7 @@ if triton is not None:
 
 def rel_terms_triton(qkv, grid_h, grid_w, num_heads: int):
     """`rel_terms` by the Triton kernel (CUDA, or the CPU under TRITON_INTERPRET=1)."""
+    qkv = qkv.contiguous()
     b, s, _, three_c = qkv.shape
     head_dim = three_c // (3 * num_heads)
     d0, d1 = split_head_dim(head_dim)
@@ -74,10 +73,8 @@ def rel_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rel_h, rel_w), each (B, heads, S*S, GP), from qkv (B, S, S, 3*heads*head_dim)
     contiguous and grid_h, grid_w (S, GP, head_dim). Triton on CUDA, einsum on the CPU."""
-    return rel_terms_triton(qkv.contiguous(), grid_h, grid_w, num_heads)
-
-
-@rel_terms.register_kernel("cpu")
-def _(qkv, grid_h, grid_w, num_heads):
     q = qkv.unflatten(-1, (3, num_heads, -1))[..., 0, :, :]
     return rel_terms_reference(q, grid_h, grid_w)
+
+
+rel_terms.register_kernel("cuda")(rel_terms_triton)
