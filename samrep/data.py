@@ -112,8 +112,7 @@ def load_params_sample(params) -> Sample:
 
 
 def fetch_car(spec: ImageSpec = CAR) -> tuple[Path | None, str]:
-    """car.png through the hub client, its cache first, then the network if allowed: (path, "")
-    or (None, why it is not available)."""
+    """car.png via the hub: its cache, else the network if allowed; (path, "") or (None, why)."""
     from huggingface_hub import hf_hub_download
 
     kwargs = dict(repo_id=spec.repo_id, filename=spec.filename)

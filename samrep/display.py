@@ -78,9 +78,9 @@ def headline(data: ReportData) -> None:
         figure(figures.headline_figure(data.records, tables.frame(data.records)))
 
 
-def metrics(data: ReportData, gt_seconds: float | None = None) -> None:
+def metrics(data: ReportData) -> None:
     """The case's table, the published rows, then the details and what ran."""
-    spec, notes = tables.spec_table(data.records, gt_seconds or data.manifest.get("seconds"))
+    spec, notes = tables.spec_table(data.records, data.manifest.get("seconds"))
     table("## Metrics in the case's columns (img/s, s, GiB; acc infer/val)", spec, notes)
     title = "### Published reference rows (not measured by samrep)"
     table(title, tables.PUBLISHED_A100, [tables.PUBLISHED_NOTE])

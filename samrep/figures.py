@@ -99,8 +99,7 @@ def plot_metric(df: pd.DataFrame, y: str, x: str = "bs", ax=None, upper: str | N
         if x != "bs":
             for xi, yi, bs in zip(g[x], g[y], g["bs"], strict=True):
                 ax.annotate(f"bs{bs}", (xi, yi), fontsize=6)
-    if x == "bs":
-        ax.set_xscale("log", base=2)
+    ax.set_xscale("log", base=2) if x == "bs" else None
     ax.set(xlabel=LABELS.get(x, x), ylabel=LABELS.get(y, y))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7) if len(ok) else None

@@ -110,10 +110,9 @@ def _check_architecture(model: SamModel, arch: str, where: str) -> None:
 def load_model(
     weights: str, arch: str, allow_synthetic: bool, seed: int, cache_dir: Path, attn: str = "sdpa"
 ) -> tuple[SamModel, WeightsInfo]:
-    """Load SAM (attention implementation `attn`) in fp32 on the CPU, in eval mode, from a hub id
-    (cache first; the network only when HF_HUB_OFFLINE is unset and the hub answers) or a
-    `save_pretrained` folder; else, with `allow_synthetic`, synthetic weights for `arch`, made once
-    and cached under `cache_dir`."""
+    """SAM (attention implementation `attn`), fp32, CPU, eval mode, from a hub id (cache first; the
+    network only if HF_HUB_OFFLINE is unset and the hub answers) or a `save_pretrained` folder;
+    else, with `allow_synthetic`, synthetic weights for `arch`, made once, cached in `cache_dir`."""
     if arch not in ARCHITECTURES:
         raise SamrepError(f"model.arch: unknown architecture '{arch}' (known: {[*ARCHITECTURES]})")
     model, source, name, reason = None, "", weights, ""
@@ -132,7 +131,6 @@ def load_model(
         except Exception as exc:  # the user's folder: reported, never replaced
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             raise SamrepError(f"{path}: cannot load the local weights ({why})") from None
-
     if model is None:
         if not allow_synthetic:
             raise SamrepError(

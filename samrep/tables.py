@@ -28,9 +28,8 @@ PUBLISHED_NOTE = (
 
 
 def num(x, sig: int = 3) -> str:
-    """`sig` significant digits, at least one decimal: 0.0263, 7.00, 74.1, 1895.1; None or NaN ->
-    "–"; ints (bools too) and strings as they are."""
-    if isinstance(x, str | int):
+    """`sig` significant digits, at least one decimal: 0.0263, 7.00, 74.1, 1895.1; None -> "–"."""
+    if isinstance(x, str | int):  # ints (bools too) and strings as they are
         return str(x)
     if x is None or math.isnan(x):
         return "–"
@@ -47,8 +46,7 @@ def pct(x) -> str:
 
 
 def load_records(folder: Path, keys: list[str] | None = None) -> tuple[list[Record], list[str]]:
-    """Every record of reports/<hw>/results (only `keys`, in their order, when given), and one
-    problem line per file that is not a readable record."""
+    """Records in folder/results (`keys` only, in order, if given); a line per unreadable file."""
     records, problems = [], []
     for p in sorted((Path(folder) / "results").glob("*.json")):
         try:
