@@ -1,11 +1,10 @@
 """The one sample of the case: the image, its prompt point, SAM preprocessing, the repeated dataset.
-
 The image is `car.png` of the HF SamModel docs (hub `ybelkada/segment-anything`, 2646x1764, point
 (450, 600)), through the hub client's cache. With neither network nor cache it falls back to
-matplotlib's `grace_hopper.jpg` (512x600, point (400, 450) on her jacket), named in every result.
-"""
+matplotlib's `grace_hopper.jpg` (512x600, point (400, 450) on her jacket), named in every result."""
 
 import contextlib
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -58,51 +57,45 @@ class Sample:
         return asdict(self.spec) | dict(path=self.path, sha256=self.sha256, fallback=self.fallback)
 
 
-# Smallest side an image may have: below it the pixel-agreement metric has almost no pixels.
-MIN_IMAGE_SIDE = 16
-# PIL modes of more than 8 bits per channel: PIL's RGB conversion clips them (I;16 -> white).
-HIGH_BIT_DEPTH_MODES = ("I", "F")
+MIN_IMAGE_SIDE = 16  # below it, the pixel-agreement metric has almost no pixels
+HIGH_BIT_DEPTH_MODES = ("I", "F")  # > 8 bits per channel: RGB conversion clips (I;16 -> white)
 
 
 def open_image(path: Path, spec: ImageSpec, expected_sha256: str | None) -> Sample:
     """Open and check an image: checksum, decodability, RGB conversion, size, point inside."""
+
+    def bad(why: str) -> SamrepError:  # every error names the file
+        return SamrepError(f"{path}: {why}")
+
     if not Path(path).is_file():
-        raise SamrepError(f"{path}: image file not found")
+        raise bad("image file not found")
     digest = sha256_file(path)
     if expected_sha256 and digest != expected_sha256:
-        raise SamrepError(
-            f"{path}: sha256 {digest} does not match the pinned {expected_sha256} for {spec.name}"
-        )
+        raise bad(f"sha256 {digest} does not match the pinned {expected_sha256} for {spec.name}")
     try:
         with Image.open(path) as im:
             mode, (width, height), limit = im.mode, im.size, Image.MAX_IMAGE_PIXELS
             if width * height > limit:
-                raise SamrepError(
-                    f"{path}: image is {width}x{height}, more than PIL's limit of {limit} pixels"
-                )
+                raise bad(f"image is {width}x{height}, more than PIL's limit of {limit} pixels")
             if mode.split(";")[0] in HIGH_BIT_DEPTH_MODES:
-                raise SamrepError(
-                    f"{path}: image mode {mode} has more than 8 bits per channel; converting it "
-                    "to 8-bit RGB would clip it (save it as 8-bit RGB first)"
+                raise bad(
+                    f"image mode {mode} has more than 8 bits per channel; converting it to 8-bit "
+                    "RGB would clip it (save it as 8-bit RGB first)"
                 )
             image = np.asarray(im.convert("RGB"))
     except SamrepError:
         raise
     except Exception as exc:  # PIL raises several types for undecodable files
-        raise SamrepError(f"{path}: cannot decode image ({exc})") from None
+        raise bad(f"cannot decode image ({exc})") from None
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise SamrepError(
-            f"{path}: RGB conversion of mode {mode} gave {image.dtype} {image.shape}, "
-            "not (H, W, 3) uint8"
-        )
+        shape = f"{image.dtype} {image.shape}"
+        raise bad(f"RGB conversion of mode {mode} gave {shape}, not (H, W, 3) uint8")
     height, width = image.shape[:2]
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise SamrepError(
-            f"{path}: image is {width}x{height}; each side must be at least {MIN_IMAGE_SIDE} px"
-        )
+        raise bad(f"image is {width}x{height}; each side must be at least {MIN_IMAGE_SIDE} px")
     x, y = spec.point
     if not (0 <= x < width and 0 <= y < height):
-        raise SamrepError(f"{path}: prompt point ({x}, {y}) is outside the {width}x{height} image")
+        raise bad(f"prompt point ({x}, {y}) is outside the {width}x{height} image")
     if spec.size != (0, 0) and (width, height) != spec.size:
         log(f"image: {path} is {width}x{height}, documented {spec.size[0]}x{spec.size[1]}")
     return Sample(spec=spec, image=image, path=str(path), sha256=digest, fallback=False)
@@ -119,8 +112,7 @@ def load_params_sample(params) -> Sample:
 
 
 def fetch_car(spec: ImageSpec = CAR) -> tuple[Path | None, str]:
-    """car.png through the hub client, its cache first, then the network if allowed: (path, "")
-    or (None, why it is not available)."""
+    """car.png via the hub: its cache, else the network if allowed; (path, "") or (None, why)."""
     from huggingface_hub import hf_hub_download
 
     kwargs = dict(repo_id=spec.repo_id, filename=spec.filename)
@@ -166,8 +158,6 @@ class ModelInputs:
 
 def preprocess(sample: Sample) -> ModelInputs:
     """The standard SamProcessor preprocessing of the HF docs example."""
-    import warnings
-
     from transformers import SamImageProcessor, SamProcessor
 
     with warnings.catch_warnings():
@@ -194,13 +184,10 @@ class RepeatedDataset:
         return self.datasize // self.bs
 
     def __iter__(self):
+        # clone, not contiguous(): at bs=1 the expand is already contiguous and would be the
+        # source tensor itself (no copy, and one tensor shared by every batch)
+        inputs = self.inputs
+        views = [t.expand(self.bs, -1, -1, -1) for t in (inputs.pixel_values, inputs.input_points)]
         for _ in range(len(self)):
-            # clone, not contiguous(): at bs=1 the expand is already contiguous and would be the
-            # source tensor itself (no copy, and one tensor shared by every batch)
-            pixel_values, input_points = (
-                t.expand(self.bs, -1, -1, -1).clone(memory_format=torch.contiguous_format)
-                for t in (self.inputs.pixel_values, self.inputs.input_points)
-            )
-            if self.pin:
-                pixel_values, input_points = pixel_values.pin_memory(), input_points.pin_memory()
-            yield pixel_values, input_points
+            batch = [t.clone(memory_format=torch.contiguous_format) for t in views]
+            yield tuple(t.pin_memory() for t in batch) if self.pin else tuple(batch)

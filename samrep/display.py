@@ -32,9 +32,8 @@ def table(title: str, df, notes: list[str] = ()) -> None:
     """A table under its title, with numbered footnotes under it."""
     items = "".join(f"<li>{n}</li>" for n in notes)
     html = df.to_html(index=False, escape=False, border=0, na_rep="–")
-    display(
-        Markdown(title), HTML(html + (f"<ol style='font-size: 11px'>{items}</ol>" if items else ""))
-    )
+    html += f"<ol style='font-size: 11px'>{items}</ol>" if items else ""
+    display(Markdown(title), HTML(html))
 
 
 def figure(fig, jpeg: bool = False, dpi: int = 72) -> None:
@@ -67,9 +66,8 @@ def header(params, data: ReportData) -> None:
         keys = [r.key for r in recs if r.status == kind]
         lines += [f"**{kind.replace('_', ' ').capitalize()} rows**: {', '.join(keys)}"] * bool(keys)
     for st in (json.loads(f.read_text()) for f in sorted(params.report_path.glob("stages/*.json"))):
-        lines += [f"**Stage {st['stage']} failed**: {st.get('reason')}"] * (
-            st["status"] == "failed"
-        )
+        if st["status"] == "failed":
+            lines.append(f"**Stage {st['stage']} failed**: {st.get('reason')}")
     md(*lines, *(f"- could not read {p}" for p in data.problems))
 
 
@@ -80,9 +78,9 @@ def headline(data: ReportData) -> None:
         figure(figures.headline_figure(data.records, tables.frame(data.records)))
 
 
-def metrics(data: ReportData, gt_seconds: float | None = None) -> None:
+def metrics(data: ReportData) -> None:
     """The case's table, the published rows, then the details and what ran."""
-    spec, notes = tables.spec_table(data.records, gt_seconds or data.manifest.get("seconds"))
+    spec, notes = tables.spec_table(data.records, data.manifest.get("seconds"))
     table("## Metrics in the case's columns (img/s, s, GiB; acc infer/val)", spec, notes)
     title = "### Published reference rows (not measured by samrep)"
     table(title, tables.PUBLISHED_A100, [tables.PUBLISHED_NOTE])
@@ -109,10 +107,8 @@ def batch_plots(data: ReportData) -> None:
 def masks(data: ReportData) -> None:
     """Per engine and precision its best row's masks against the reference, differences shown."""
     checkpoint("summary:masks")  # test hook (samrep.faults): a summary that fails half-way
-    md(
-        f"## Masks against {data.reference} (best row per engine and precision)",
-        "Red: in the reference only; blue: in the prediction only.",
-    )
+    title = f"## Masks against {data.reference} (best row per engine and precision)"
+    md(title, "Red: in the reference only; blue: in the prediction only.")
     if data.gt is None:
         return md("*No reference masks on this machine: nothing to compare.*")
     if fig := figures.masks_figure(data):

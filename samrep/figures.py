@@ -1,7 +1,6 @@
 """The summary's figures (matplotlib, no IPython), and `load_report`: what they draw. One plot of
 a column against another (`plot_metric`), one drawing of masks against the truth (`mask_overlay`)."""
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from samrep.record import Record
+from samrep.store import sha256_file
 from samrep.tables import PUBLISHED_P_CORE, best_rows, fmt, label, load_records
 
 
@@ -50,7 +50,7 @@ def _image(info: dict) -> np.ndarray | None:
     path = Path(info.get("path") or "")
     if not path.is_file() and (info.get("name") or "").startswith("grace_hopper"):
         path = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != info.get("sha256"):
+    if not path.is_file() or sha256_file(path) != info.get("sha256"):
         return None
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
@@ -99,25 +99,10 @@ def plot_metric(df: pd.DataFrame, y: str, x: str = "bs", ax=None, upper: str | N
         if x != "bs":
             for xi, yi, bs in zip(g[x], g[y], g["bs"], strict=True):
                 ax.annotate(f"bs{bs}", (xi, yi), fontsize=6)
-    if x == "bs":
-        ax.set_xscale("log", base=2)
+    ax.set_xscale("log", base=2) if x == "bs" else None
     ax.set(xlabel=LABELS.get(x, x), ylabel=LABELS.get(y, y))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7) if len(ok) else None
-    return ax
-
-
-def plot_bars(labels: list[str], values: list[float], ax=None, xlabel: str = "", refs=None):
-    """Horizontal bars, largest at the top, each with its value; refs: {label: x} dashed lines."""
-    ax = ax or plt.subplots(figsize=(6, 0.35 * len(labels) + 1))[1]
-    ax.barh(labels[::-1], values[::-1], color="tab:blue")
-    for i, v in enumerate(values[::-1]):
-        ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
-    for i, (name, x) in enumerate((refs or {}).items()):
-        ax.axvline(x, color=f"C{i + 1}", ls="--", lw=1, label=name)
-    ax.legend(fontsize=7, loc="lower right") if refs else None
-    ax.set_xlabel(xlabel)
-    ax.tick_params(axis="y", labelsize=7)
     return ax
 
 
@@ -126,10 +111,18 @@ def headline_figure(records: list, df: pd.DataFrame):
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), width_ratios=(1.2, 1))
     plot_metric(df, "p_core", x="acc", ax=a)
     a.set_title("Throughput against agreement, one point per engine, precision and bs", fontsize=8)
-    best = best_rows(records)
-    top = max((r.timing.p_core for r in best), default=0)  # a reference far off hides the bars
+    best = best_rows(records)[::-1]  # fastest last: barh draws it at the top
+    values = [r.timing.p_core for r in best]
+    b.barh([label(r) for r in best], values, color="tab:blue")
+    for i, v in enumerate(values):
+        b.text(v, i, f" {v:.3g}", va="center", fontsize=7)
+    top = max(values, default=0)  # a reference far off hides the bars
     refs = {f"A100 TRT {p} (published)": v for p, v in PUBLISHED_P_CORE.items() if v < 3 * top}
-    plot_bars([label(r) for r in best], [r.timing.p_core for r in best], b, LABELS["p_core"], refs)
+    for i, (name, x) in enumerate(refs.items()):
+        b.axvline(x, color=f"C{i + 1}", ls="--", lw=1, label=name)
+    b.legend(fontsize=7, loc="lower right") if refs else None  # the published rows, dashed
+    b.set_xlabel(LABELS["p_core"])
+    b.tick_params(axis="y", labelsize=7)
     b.set_title("Each engine's best p_core", fontsize=8)
     fig.tight_layout()
     return fig

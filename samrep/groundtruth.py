@@ -1,8 +1,7 @@
 """Ground-truth stage: the HF docs example on the CPU in fp32 -> in `data_dir`: `sam_gt_{0,1,2}.pt`
 (bool (H, W) at the original size, smallest first), `inputs.pt` (the preprocessed sample),
 `reference.pt` (fp32 image embeddings (1, 256, 64, 64), low-res logits (1, 3, 256, 256)) and
-`manifest.json` last (on disk: finished), whose stamp names the image, point, weights and code.
-"""
+`manifest.json` last (on disk: finished), whose stamp names the image, point, weights and code."""
 
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from samrep.progress import log
 
 NUM_MASKS = 3
 MANIFEST = "manifest.json"
-INPUTS = ("pixel_values", "input_points", "original_size", "reshaped_size")  # inputs.pt's keys
 CODE = ("groundtruth", "data", "metrics", "model")  # the code the ground truth depends on
 RERUN, REDO = "rerun `python -m samrep groundtruth --force`", "rerun groundtruth --force"
 
@@ -47,12 +45,8 @@ def load_params_model(params: HwParams):
 
 def stamp(image_sha256: str, weights_sha256: str, point) -> dict:
     """What a ground truth depends on: the image, the weights, the point (x, y) and this code."""
-    return {
-        "image": image_sha256,
-        "weights": weights_sha256,
-        "point": list(point),
-        "code": store.code_digest(*CODE),
-    }
+    code = store.code_digest(*CODE)
+    return {"image": image_sha256, "weights": weights_sha256, "point": list(point), "code": code}
 
 
 def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
@@ -89,29 +83,18 @@ def run_ground_truth(params: HwParams, force: bool = False) -> GroundTruth:
             )
     order = torch.argsort(areas, stable=True).tolist()
     store.remove(data_dir / MANIFEST)  # the old manifest must not vouch for new files
-    hashes = {
-        f"sam_gt_{i}.pt": store.save_tensors(data_dir / f"sam_gt_{i}.pt", masks[j].clone())
-        for i, j in enumerate(order)
-    }
-    tensors = {k: getattr(inputs, k) for k in INPUTS}
-    hashes["inputs.pt"] = store.save_tensors(data_dir / "inputs.pt", tensors)
     refs = {"image_embeddings": emb.clone(), "low_res_logits": out.pred_masks[:, 0].clone()}
-    hashes["reference.pt"] = store.save_tensors(data_dir / "reference.pt", refs)
+    files = {f"sam_gt_{i}.pt": masks[j].clone() for i, j in enumerate(order)}  # clone: no views
+    files |= {"inputs.pt": vars(inputs), "reference.pt": refs}  # inputs.pt: ModelInputs' fields
+    hashes = {name: store.save_tensors(data_dir / name, obj) for name, obj in files.items()}
     checkpoint("groundtruth:written")  # test hook: files written, the manifest not yet
-    manifest = {
-        "stamp": store.digest(now),
-        "image": sample.describe(),
-        "weights": weights.to_dict(),
-        "point": list(sample.spec.point),
-        "point_1024": inputs.input_points.flatten().tolist(),
-        "original_size": list(inputs.original_size),
-        "reshaped_size": list(inputs.reshaped_size),
-        "files_sha256": hashes,
-        "order": order,
-        "area_fractions": [float(areas[i]) / numel for i in order],
-        "iou_scores": [float(out.iou_scores[0, 0, i]) for i in order],
-        "seconds": time.perf_counter() - t0,
-    }
+    point, point_1024 = list(sample.spec.point), inputs.input_points.flatten().tolist()
+    manifest = dict(stamp=store.digest(now), image=sample.describe(), weights=weights.to_dict())
+    manifest |= dict(point=point, point_1024=point_1024, original_size=list(inputs.original_size))
+    manifest |= dict(reshaped_size=list(inputs.reshaped_size), files_sha256=hashes, order=order)
+    manifest |= dict(area_fractions=[float(areas[i]) / numel for i in order])
+    manifest |= dict(iou_scores=[float(out.iou_scores[0, 0, i]) for i in order])
+    manifest["seconds"] = time.perf_counter() - t0
     store.write_json(data_dir / MANIFEST, manifest)
     log(f"ground truth: wrote {data_dir} (mask areas {manifest['area_fractions']})")
     return load_ground_truth(params)

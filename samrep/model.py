@@ -1,7 +1,5 @@
 """SAM weights: load `facebook/sam-vit-huge` (hub cache or a local folder) or make synthetic ones.
-
-The model is always `transformers.SamModel`; `ARCHITECTURES` maps a name to its config builder.
-"""
+The model is always `transformers.SamModel`; `ARCHITECTURES` maps a name to its config builder."""
 
 import hashlib
 import os
@@ -21,8 +19,7 @@ VIT_H_HUB_ID = "facebook/sam-vit-huge"
 
 
 def vit_h_config() -> SamConfig:
-    """The ViT-H config of `facebook/sam-vit-huge` (641.1 M parameters)."""
-    # every value explicit, not left to transformers' defaults
+    """The ViT-H config of `facebook/sam-vit-huge` (641.1 M parameters), every value explicit."""
     vision = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, mlp_dim=5120)
     vision |= dict(global_attn_indexes=[7, 15, 23, 31], output_channels=256, image_size=1024)
     vision |= dict(patch_size=16, window_size=14, qkv_bias=True, layer_norm_eps=1e-6)
@@ -34,11 +31,8 @@ def tiny_config() -> SamConfig:
     64x64 tokens, window 14 padded to 70) and module types, so every code path runs, in < 1 s."""
     vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64)
     vision |= dict(global_attn_indexes=[1], output_channels=32, num_pos_feats=16)
-    return SamConfig(
-        vision_config=vision,
-        prompt_encoder_config=dict(hidden_size=32),
-        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, iou_head_hidden_dim=32),
-    )
+    prompt, dec = dict(hidden_size=32), dict(hidden_size=32, mlp_dim=64, iou_head_hidden_dim=32)
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=dec)
 
 
 ARCHITECTURES = {"vit_h": vit_h_config, "tiny": tiny_config}
@@ -114,45 +108,35 @@ def _check_architecture(model: SamModel, arch: str, where: str) -> None:
 
 
 def load_model(
-    weights: str,
-    arch: str,
-    allow_synthetic: bool,
-    seed: int,
-    cache_dir: Path,
-    attn_implementation: str = "sdpa",
+    weights: str, arch: str, allow_synthetic: bool, seed: int, cache_dir: Path, attn: str = "sdpa"
 ) -> tuple[SamModel, WeightsInfo]:
-    """Load SAM in fp32 on the CPU, in eval mode, from a hub id (cache first; the network only
-    when HF_HUB_OFFLINE is unset and the hub answers) or a `save_pretrained` folder; else, with
-    `allow_synthetic`, synthetic weights for `arch`, made once and cached under `cache_dir`."""
+    """SAM (attention implementation `attn`), fp32, CPU, eval mode, from a hub id (cache first; the
+    network only if HF_HUB_OFFLINE is unset and the hub answers) or a `save_pretrained` folder;
+    else, with `allow_synthetic`, synthetic weights for `arch`, made once, cached in `cache_dir`."""
     if arch not in ARCHITECTURES:
-        raise SamrepError(
-            f"model.arch: unknown architecture '{arch}' (known: {list(ARCHITECTURES)})"
-        )
+        raise SamrepError(f"model.arch: unknown architecture '{arch}' (known: {[*ARCHITECTURES]})")
     model, source, name, reason = None, "", weights, ""
     path = Path(weights).expanduser()
-    if weights and (path.is_dir() or weights.startswith((".", "/", "~"))):
-        if not (path / "config.json").is_file():
-            reason = f"local weights folder {path} has no config.json"
-        else:
-            log(f"weights: loading {path}")
-            try:
-                model = SamModel.from_pretrained(path, attn_implementation=attn_implementation)
-            except Exception as exc:  # the user's folder: reported, never replaced
-                why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-                raise SamrepError(f"{path}: cannot load the local weights ({why})") from None
-            source = "local"
-    elif weights:
-        model, reason = _from_hub(weights, attn_implementation)
-        source = "hub"
-    else:
+    if not weights:
         reason = "params model.weights is empty"
-
+    elif not (path.is_dir() or weights.startswith((".", "/", "~"))):
+        model, reason = _from_hub(weights, attn)
+        source = "hub"
+    elif not (path / "config.json").is_file():
+        reason = f"local weights folder {path} has no config.json"
+    else:
+        log(f"weights: loading {path}")
+        try:
+            model, source = SamModel.from_pretrained(path, attn_implementation=attn), "local"
+        except Exception as exc:  # the user's folder: reported, never replaced
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            raise SamrepError(f"{path}: cannot load the local weights ({why})") from None
     if model is None:
         if not allow_synthetic:
             raise SamrepError(
                 f"weights '{weights}' not available ({reason}) and model.allow_synthetic is false"
             )
-        model, name = _synthetic(arch, seed, cache_dir, attn_implementation, reason)
+        model, name = _synthetic(arch, seed, cache_dir, attn, reason)
         source = "synthetic"
     _check_architecture(model, arch, f"weights '{name}'")
     model = model.float().eval()
@@ -161,11 +145,11 @@ def load_model(
     return model, info
 
 
-def _from_hub(repo_id: str, attn_implementation: str) -> tuple[SamModel | None, str]:
+def _from_hub(repo_id: str, attn: str) -> tuple[SamModel | None, str]:
     """Hub cache first, then the network if allowed and reachable. Returns (model, why-not)."""
-    attn = dict(attn_implementation=attn_implementation)
+    kw = dict(attn_implementation=attn)
     try:
-        model = SamModel.from_pretrained(repo_id, local_files_only=True, **attn)
+        model = SamModel.from_pretrained(repo_id, local_files_only=True, **kw)
         log(f"weights: {repo_id} from the Hugging Face cache")
         return model, ""
     except OSError:
@@ -181,16 +165,14 @@ def _from_hub(repo_id: str, attn_implementation: str) -> tuple[SamModel | None, 
         return None, "not in the Hugging Face cache and the hub is unreachable"
     log(f"weights: downloading {repo_id} (2.6 GB for ViT-H)")
     try:
-        return SamModel.from_pretrained(repo_id, **attn), ""
+        return SamModel.from_pretrained(repo_id, **kw), ""
     except OSError as exc:
         return None, f"download failed: {str(exc).splitlines()[0]}"
 
 
-def _synthetic(
-    arch: str, seed: int, cache_dir: Path, attn: str, reason: str
-) -> tuple[SamModel, str]:
+def _synthetic(arch: str, seed: int, cache: Path, attn: str, reason: str) -> tuple[SamModel, str]:
     name = f"synthetic-{arch}-seed{seed}"
-    folder = Path(cache_dir) / name
+    folder = Path(cache) / name
     if (folder / "config.json").is_file():
         try:
             model = SamModel.from_pretrained(folder, attn_implementation=attn)

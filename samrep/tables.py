@@ -29,11 +29,11 @@ PUBLISHED_NOTE = (
 
 def num(x, sig: int = 3) -> str:
     """`sig` significant digits, at least one decimal: 0.0263, 7.00, 74.1, 1895.1; None -> "–"."""
-    if x is None or isinstance(x, str) or (isinstance(x, float) and math.isnan(x)):
-        return x if isinstance(x, str) else "–"
-    if x == 0:
-        return "0"
-    return f"{x:.{max(1, sig - 1 - math.floor(math.log10(abs(x))))}f}"
+    if isinstance(x, str | int):  # ints (bools too) and strings as they are
+        return str(x)
+    if x is None or math.isnan(x):
+        return "–"
+    return f"{x:.{max(1, sig - 1 - math.floor(math.log10(abs(x))))}f}" if x else "0"
 
 
 def fmt(x, spec: str = ".4f") -> str:
@@ -46,8 +46,7 @@ def pct(x) -> str:
 
 
 def load_records(folder: Path, keys: list[str] | None = None) -> tuple[list[Record], list[str]]:
-    """Every record of reports/<hw>/results (only `keys`, in their order, when given), and one
-    problem line per file that is not a readable record."""
+    """Records in folder/results (`keys` only, in order, if given); a line per unreadable file."""
     records, problems = [], []
     for p in sorted((Path(folder) / "results").glob("*.json")):
         try:
@@ -87,12 +86,11 @@ def best_rows(records: list[Record]) -> list[Record]:
 def headline(records: list[Record]) -> pd.DataFrame:
     """Per precision: the fastest row, its speed-up over HF eager (the best val torch row at that
     precision) and over the published A100 TensorRT row, its acc and IoU."""
-    rows = []
+    rows, best = [], best_rows(records)
     for p in PRECISIONS + sorted({r.row.precision for r in records} - set(PRECISIONS)):
-        ok = best_rows([r for r in records if r.row.precision == p])
+        ok = [r for r in best if r.row.precision == p]
         base = "bf16" if p == "fp8" else p  # HF eager has no fp8 mode: fp8 is set against bf16
-        same = best_rows([r for r in records if r.row.precision == base])
-        eager = [r.timing.p_core for r in same if engine(r) == f"HF eager {base}"]
+        eager = [r.timing.p_core for r in best if engine(r) == f"HF eager {base}"]
         ref = "fp32" if p in ("fp32", "tf32") else "fp16"
         for top in ok[:1]:
             x, s, pub = top.timing.p_core, summary(top), PUBLISHED_P_CORE[ref]
@@ -202,17 +200,12 @@ def math_table(records: list[Record]) -> pd.DataFrame:
     return table(records, MATH)
 
 
-def _cell(x) -> str:
-    return str(x) if isinstance(x, bool | int) else num(x)  # num: strings as they are
-
-
 def json_table(path: Path, columns: dict[str, str], key: str = "rows") -> pd.DataFrame | None:
-    """The objects of a JSON list (path[key]) as a table, columns {json key: column}; None when
-    there is no such file."""
+    """The JSON list path[key] as a table, columns {json key: column}; None if there is no file."""
     if not Path(path).is_file():
         return None
     items = json.loads(Path(path).read_text())[key]
-    return table(items, {c: (lambda i, k=k: _cell(i.get(k))) for k, c in columns.items()})
+    return table(items, {c: (lambda i, k=k: num(i.get(k))) for k, c in columns.items()})
 
 
 STEP_COLUMNS = {"step": "step", "name": "what", "img_per_s": "img/s", "acc": "acc", "iou": "IoU"}
