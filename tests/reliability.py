@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from samrep.store import REPO_ROOT
+from tests.conftest import tiny_params, write_params
 
-TINY = REPO_ROOT / "params" / "tiny.yaml"
 ROW = "val-torch-fp32-bs1"
 CACHES = {".git", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
@@ -36,22 +35,13 @@ def remove_own(name: str) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+ONE_ROW = [{"phase": "val", "backend": "torch", "precision": "fp32", "bs": 1}]
+
+
 def tiny(name: str, runs: list[dict] | None = None) -> dict:
-    """params/tiny.yaml as hw `name`, its folders the test's own, one torch row by default."""
-    doc = yaml.safe_load(TINY.read_text())
-    doc["hw"] = name
-    doc["data"]["data_dir"] = f"data/pytest-{name}"
-    doc["report_dir"] = f"reports/pytest-{name}"
-    doc["runs"] = runs or [{"phase": "val", "backend": "torch", "precision": "fp32", "bs": 1}]
-    return doc
-
-
-def write_params(params_dir: Path, name: str, doc: dict | str | bytes) -> Path:
-    path = Path(params_dir) / f"{name}.yaml"
-    if isinstance(doc, dict):
-        doc = yaml.safe_dump(doc, sort_keys=False)
-    path.write_bytes(doc if isinstance(doc, bytes) else doc.encode())
-    return path
+    """The tiny params of hw `name` in its own folders (data/pytest-<name>, ...), one torch row
+    by default."""
+    return tiny_params(name, runs=runs or ONE_ROW)
 
 
 def listing(root: Path = REPO_ROOT, skip_tests: bool = True) -> dict[str, tuple[int, int]]:

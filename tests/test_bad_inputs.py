@@ -23,6 +23,7 @@ import torch
 
 from samrep import cli, config, faults, store
 from samrep.errors import SamrepError
+from tests.conftest import write_params
 from tests.reliability import (
     ROW,
     error_lines,
@@ -31,7 +32,6 @@ from tests.reliability import (
     remove_own,
     temporaries,
     tiny,
-    write_params,
 )
 
 STAGES = ("groundtruth", "export", "build", "evaluate", "summary", "report", "bench", "steps")

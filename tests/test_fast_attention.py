@@ -11,7 +11,7 @@ from samrep.fast.attention import (
     round_up,
 )
 from samrep.model import tiny_config, vit_h_config
-from tests.fast_models import sensitive_init_
+from tests.conftest import sensitive_init_
 
 # fp32 attention output (|values| up to ~3.5): measured max |fast - HF| 2.3e-6 for both ViT-H
 # shapes, 1.0e-6 .. 3.6e-6 on the tiny config (folded: q*scale is rounded before the dot

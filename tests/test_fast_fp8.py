@@ -6,7 +6,7 @@ from torch import nn
 
 from samrep.fast import build_fast_sam
 from samrep.fast.fp8 import FP8_DTYPE, FP8_MAX, Fp8Linear, quantize, scaled_mm
-from tests.fast_models import sensitive_tiny_sam
+from tests.conftest import sensitive_tiny_sam
 
 # e4m3 has 3 mantissa bits: round-to-nearest relative error <= 2^-4 for normal values.
 # Values below the smallest normal (2^-6 of the scale unit) have absolute error <= 2^-10 units.

@@ -12,7 +12,7 @@ from torch import nn
 
 from samrep.fast import build_fast_sam, converted_copy
 from samrep.fast.fused import FastMLP, FusedVisionLayer, run_fused_layers
-from tests.fast_models import sample_inputs, sensitive_tiny_sam
+from tests.conftest import sample_inputs, sensitive_tiny_sam
 
 # fp32, same math reassociated: measured max |fused - HF| 2.1e-6 (windowed), 2.3e-6 (global)
 # on block outputs |max| ~5; low-res logits 2.6e-6 (whole model, B=1).

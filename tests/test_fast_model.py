@@ -10,7 +10,7 @@ import torch
 
 from samrep.fast import build_fast_sam, converted_copy
 from samrep.fast.model import ATTENTION, FastVisionLayer, PatchEmbedGemm, UpcastLayerNorm
-from tests.fast_models import sample_inputs, sensitive_tiny_sam
+from tests.conftest import sample_inputs, sensitive_tiny_sam
 
 # fp32 tolerances, measured on this config (2-core x86 CPU, torch 2.13):
 MASK_ATOL_FP32 = 1e-5  # low-res logits, |max| ~1.2: max |fast - HF| 1.2e-6 (B=1), 1.4e-6 (B=3)

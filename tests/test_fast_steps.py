@@ -4,7 +4,7 @@ unchecked; 8 runs eagerly on the kernels' torch references)."""
 import torch
 
 from samrep.fast.steps import STEP_NAMES, _batched, optimisation_steps
-from tests.fast_models import sample_inputs, sensitive_tiny_sam
+from tests.conftest import sample_inputs, sensitive_tiny_sam
 
 # fp32 low-res logits vs step 0: measured ~1.5e-6 (step 8)
 STEP_ATOL_FP32 = 1e-5

@@ -15,10 +15,9 @@ from samrep.model import (
     ARCHITECTURES,
     VIT_H_HUB_ID,
     load_model,
-    synthetic_init_,
-    tiny_config,
     weights_sha256,
 )
+from tests.conftest import tiny_sam
 
 
 def closed_loopback_url() -> str:
@@ -56,14 +55,10 @@ def offline_hub(monkeypatch, tmp_path) -> Path:
     return cache
 
 
-def make_tiny(seed: int) -> SamModel:
-    return synthetic_init_(SamModel(tiny_config()), seed).eval()
-
-
 @pytest.fixture
 def tiny_folder(tmp_path) -> tuple[Path, str]:
     """A tiny SAM written by save_pretrained: (folder, weights_sha256 of the saved model)."""
-    model = make_tiny(seed=7)
+    model = tiny_sam(seed=7)
     folder = tmp_path / "tiny-weights"
     model.save_pretrained(folder)
     return folder, weights_sha256(model)
@@ -80,7 +75,7 @@ def test_local_folder_loads_with_the_same_weights(tiny_folder, tmp_path, offline
     assert info.arch == "tiny"
     assert info.name == str(folder)
     assert info.sha256 == sha == weights_sha256(model)
-    assert info.num_parameters == sum(p.numel() for p in make_tiny(0).parameters())
+    assert info.num_parameters == sum(p.numel() for p in tiny_sam(0).parameters())
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert not (tmp_path / "synth").exists()  # nothing synthetic was made
@@ -108,7 +103,7 @@ def test_hub_id_not_cached_offline_without_synthetic(tmp_path, offline_hub):
 
 def test_hub_id_uses_the_hub_cache(tmp_path, offline_hub):
     """A model in the hub cache (as the client lays it out) loads offline with source "hub"."""
-    model = make_tiny(seed=3)
+    model = tiny_sam(seed=3)
     repo_id = "samrep-tests/tiny-sam"
     commit = "f" * 40
     snapshot = offline_hub / "models--samrep-tests--tiny-sam" / "snapshots" / commit
@@ -151,17 +146,17 @@ def test_synthetic_weights_are_read_back_from_disk(tmp_path, offline_hub):
     cache_dir = tmp_path / "synth"
     _, first = load_model("", "tiny", allow_synthetic=True, seed=0, cache_dir=cache_dir)
     folder = cache_dir / first.name
-    replacement = make_tiny(seed=99)
+    replacement = tiny_sam(seed=99)
     replacement.save_pretrained(folder)  # overwrite what the first call saved
     _, second = load_model("", "tiny", allow_synthetic=True, seed=0, cache_dir=cache_dir)
     assert second.sha256 == weights_sha256(replacement) != first.sha256
 
 
 def test_weights_sha256_tracks_every_weight():
-    model = make_tiny(seed=0)
+    model = tiny_sam(seed=0)
     sha = weights_sha256(model)
-    assert sha == weights_sha256(make_tiny(seed=0))  # deterministic for one seed
-    assert sha != weights_sha256(make_tiny(seed=1))
+    assert sha == weights_sha256(tiny_sam(seed=0))  # deterministic for one seed
+    assert sha != weights_sha256(tiny_sam(seed=1))
     param = dict(model.named_parameters())["vision_encoder.layers.1.mlp.lin2.weight"]
     with torch.no_grad():
         param[3, 5] += 1e-3
@@ -169,7 +164,7 @@ def test_weights_sha256_tracks_every_weight():
         param[3, 5] -= 1e-3
         assert torch.equal(
             param,
-            dict(make_tiny(seed=0).named_parameters())["vision_encoder.layers.1.mlp.lin2.weight"],
+            dict(tiny_sam(seed=0).named_parameters())["vision_encoder.layers.1.mlp.lin2.weight"],
         )
     assert weights_sha256(model) == sha
     assert weights_sha256(model.to(torch.bfloat16)) != sha  # dtype is part of the hash
@@ -199,7 +194,7 @@ def test_architectures_build_configs():
 
 def test_synthetic_init_gives_sane_activations():
     """transformers' own SAM init collapses activations to ~1e-9; the synthetic init must not."""
-    model = make_tiny(seed=0)
+    model = tiny_sam(seed=0)
     gen = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(1, 3, 1024, 1024, generator=gen)
     points = torch.tensor([[[[300.0, 400.0]]]])

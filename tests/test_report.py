@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from samrep.config import REPO_ROOT
 from samrep.record import Flops, Record, Row, Scores, Timing
 from tests.browser import check_page, find_chromium
 from tests.conftest import remove_test_folder as safe_rmtree
+from tests.conftest import tiny_params, write_params
 
 SHOTS = REPO_ROOT / "test-artifacts"
 H, W = 600, 512  # grace_hopper.jpg
@@ -91,12 +91,9 @@ def fixture_report(tmp_path_factory):
     import torch
 
     tag = f"pytest-{uuid.uuid4().hex[:8]}"
-    raw = yaml.safe_load((REPO_ROOT / "params/tiny.yaml").read_text())
-    raw.update(hw="fixture", report_dir=f"build/{tag}")
-    raw["data"]["data_dir"] = f"data/{tag}"
-    raw["runs"] = [dict(phase=r[0], backend=r[1], precision=r[2], bs=r[3]) for r in ROWS]
-    params_path = tmp_path_factory.mktemp("params") / "fixture.yaml"
-    params_path.write_text(json.dumps(raw))  # JSON is YAML (and has no aliases)
+    runs = [dict(phase=r[0], backend=r[1], precision=r[2], bs=r[3]) for r in ROWS]
+    raw = tiny_params("fixture", tag, report_dir=f"build/{tag}", runs=runs)
+    params_path = write_params(tmp_path_factory.mktemp("params"), "fixture", raw)
     os.environ["SAMREP_PARAMS_DIR"] = str(params_path.parent)  # the notebook's kernel reads it
     report, data = REPO_ROOT / "build" / tag, REPO_ROOT / "data" / tag
     (report / "results").mkdir(parents=True)
