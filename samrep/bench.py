@@ -68,26 +68,17 @@ def steps(params: HwParams, bs: int, precision: str, iters: int, only=None) -> l
             return {k: v for k, v in s.result().items() if k in ("acc", "iou")}
 
         options = dict(bs=bs, precision=precision, device=params.device, iters=iters, warmup=3)
-        rows = optimisation_steps(
-            ctx.model, inputs.pixel_values, inputs.input_points, steps=todo, score=score, **options
-        )
+        images = inputs.pixel_values, inputs.input_points
+        rows = optimisation_steps(ctx.model, *images, steps=todo, score=score, **options)
         for r in rows:
             if "img_per_s" in r:
                 r["mfu"] = mfu(r["img_per_s"], flops.total, peak.flops) if peak else None
-                log(
-                    f"step {r['step']} {r['name']}: {r['img_per_s']:.2f} img/s, acc {r.get('acc', float('nan')):.5f}"
-                )
+                acc = r.get("acc", float("nan"))
+                log(f"step {r['step']} {r['name']}: {r['img_per_s']:.2f} img/s, acc {acc:.5f}")
             else:
                 log(f"step {r['step']} {r['name']}: error {r.get('error')}")
-        out = {
-            "bs": bs,
-            "precision": precision,
-            "iters": iters,
-            "weights": gt.manifest["weights"],
-            "environment": environment(params.device),
-            "flops_per_image": flops.total,
-            "peak": peak.model_dump() if peak else None,
-            "steps": rows,
-        }
+        out = dict(bs=bs, precision=precision, iters=iters, weights=gt.manifest["weights"])
+        out |= dict(environment=environment(params.device), flops_per_image=flops.total)
+        out |= dict(peak=peak.model_dump() if peak else None, steps=rows)
         write_json(params.report_path / "steps.json", out)
     return rows

@@ -5,8 +5,7 @@ on its share (data.datasize // world_size images) with a `TorchGroup`, which add
 - barrier: after its warm-up every rank waits, so all timed loops start together;
 - agree: after every stage all ranks learn whether any failed (then all stop, naming the rank);
 - gather: rank 0 receives every rank's timing, scores, memory and validity (samrep.timing.aggregate).
-Rank 0 writes the records into a temporary folder that the launcher reads back.
-"""
+Rank 0 writes the records into a temporary folder that the launcher reads back."""
 
 import argparse
 import collections
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from samrep.config import HwParams, RunParams, load_params
 from samrep.errors import SamrepError
@@ -28,12 +28,9 @@ from samrep.record import Record, read_record
 from samrep.row import RowContext, row_stamp, run_row
 from samrep.store import REPO_ROOT, digest, read_json, remove, write_json
 
-NO_MULTICAST = {
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-}  # not every lent machine supports it
-TORCHRUN_ARGS_ENV = "SAMREP_TORCHRUN_ARGS"
+NO_MULTICAST = dict(
+    NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1"
+)  # NVLink multicast off: not every lent machine supports it
 
 
 def resolve_world_size(params: HwParams) -> int:
@@ -43,28 +40,21 @@ def resolve_world_size(params: HwParams) -> int:
     return max(1, torch.cuda.device_count()) if params.device == "cuda" else 1
 
 
-def torchrun_command(params: HwParams, runs: list[RunParams], n: int, out: Path) -> list[str]:
-    """torchrun, NVLink multicast off, with n worker_main processes on `runs`, writing into `out`
-    ($SAMREP_TORCHRUN_ARGS replaces --standalone, for several hosts)."""
-    rendezvous = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, "")) or ["--standalone"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n)]
-    rows = json.dumps([r.key for r in runs])
-    worker = ["-m", "samrep.distributed", "--hw", params.hw, "--rows", rows, "--out", str(out)]
-    return [*torchrun, *rendezvous, *worker]
-
-
 def run_distributed(params: HwParams, runs: list[RunParams], n: int) -> list[Record]:
-    """Measure `runs` with n processes; one record per row (a dead launch: "failed" records)."""
+    """Measure `runs` with n worker_main processes under torchrun ($SAMREP_TORCHRUN_ARGS replaces
+    --standalone, for several hosts); one record per row ("failed" ones for a dead launch)."""
     if params.device == "cuda" and n > (gpus := torch.cuda.device_count()):
         raise SamrepError(f"{params.path}: world_size {n}: this host has {gpus} GPU(s)")
     out = params.report_path / f".dist.tmp{os.getpid()}"
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, **NO_MULTICAST, PYTHONPATH=pythonpath)
+    rendezvous = shlex.split(os.environ.get("SAMREP_TORCHRUN_ARGS", "")) or ["--standalone"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n)]
+    rows = json.dumps([r.key for r in runs])
+    worker = ["-m", "samrep.distributed", "--hw", params.hw, "--rows", rows, "--out", str(out)]
     log(f"distributed: torchrun with {n} processes, {len(runs)} row(s)")
-    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "errors": "replace"}
-    proc = subprocess.Popen(
-        torchrun_command(params, runs, n, out), cwd=REPO_ROOT, env=env, text=True, **pipe
-    )
+    pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    proc = subprocess.Popen([*torchrun, *rendezvous, *worker], cwd=REPO_ROOT, env=env, **pipe)
     tail = collections.deque(maxlen=60)
     for line in proc.stdout:
         sys.stderr.write(line)
@@ -78,8 +68,7 @@ def run_distributed(params: HwParams, runs: list[RunParams], n: int) -> list[Rec
             path, masks = out / f"{run.key}.json", out / f"{run.key}.npy"
             if path.is_file():
                 records.append(rec := read_record(read_json(path), str(path)))
-                if masks.is_file():
-                    rec._first_masks = np.load(masks)
+                rec._first_masks = np.load(masks) if masks.is_file() else None
                 continue
             gt_stamp = read_json(params.data_path / "manifest.json")["stamp"]
             stamp = digest(row_stamp(params, run, gt_stamp, n))
@@ -116,12 +105,8 @@ class TorchGroup:
         return out
 
     def in_turn(self, fn):
-        if self.rank != 0:
-            self.barrier()
-        out = fn()
-        if self.rank == 0:
-            self.barrier()
-        return out
+        out = self.alone(fn)  # rank 0 first, then the others
+        return out if self.rank == 0 else fn()
 
     def alone(self, fn):
         out = fn() if self.rank == 0 else None
@@ -136,8 +121,6 @@ def worker_main(argv: list[str] | None = None) -> int:
     for name in ("--hw", "--rows", "--out"):
         args.add_argument(name, required=True)
     a = args.parse_args(argv)
-    import torch.distributed as dist
-
     params, out = load_params(a.hw), Path(a.out)
     if params.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -147,10 +130,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         record = run_row(ctx, run, group)
         if record is None:
             continue  # not rank 0
-        if getattr(record, "_first_masks", None) is not None:
-            out.mkdir(parents=True, exist_ok=True)
+        write_json(out / f"{run.key}.json", record.dump())  # creates `out`
+        if record._first_masks is not None:
             np.save(out / f"{run.key}.npy", record._first_masks.numpy())
-        write_json(out / f"{run.key}.json", record.dump())
     dist.destroy_process_group()
     return 0
 

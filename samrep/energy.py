@@ -28,9 +28,5 @@ class EnergyMeter:
         if not self.read or len(self.mj) != 2:
             return {"method": "not measured", "reason": self.reason}
         joules = (self.mj[1] - self.mj[0]) / 1000
-        return {
-            "method": "nvml total energy",
-            "joules": joules,
-            "j_per_image": joules / images,
-            "img_per_j": images / joules if joules > 0 else None,
-        }
+        out = {"method": "nvml total energy", "joules": joules, "j_per_image": joules / images}
+        return out | {"img_per_j": images / joules if joules > 0 else None}

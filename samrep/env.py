@@ -66,10 +66,9 @@ def check_device(params: HwParams) -> None:
     if params.device != "cuda":
         return
     if not torch.cuda.is_available():
+        gpu = f"a CUDA GPU ({need})" if need else "a CUDA GPU"
         has = f"none (CPU: {cpu_name()}, torch {torch.__version__})"
-        raise SamrepError(
-            f"{where}: needs a CUDA GPU{f' ({need})' if need else ''}; this machine has {has}"
-        )
+        raise SamrepError(f"{where}: needs {gpu}; this machine has {has}")
     name = torch.cuda.get_device_name(0)
     if need and need.lower() not in name.lower():
         raise SamrepError(f"{where}: requires: needs a '{need}' GPU; this machine has {name}")

@@ -1,5 +1,4 @@
 """Test hooks (a no-op unless the tests set them): pause or fail at a named point of a run.
-
 SAMREP_TEST_PAUSE_AT=<point>,...: log "PAUSED at <point>" and sleep (for a SIGKILL or SIGINT).
 SAMREP_TEST_FAIL_AT=<point>[=error|oom],...: raise InjectedFault or torch.cuda.OutOfMemoryError.
 Points (fnmatch patterns): groundtruth:written, write:<file> (before the rename), export:<row>,

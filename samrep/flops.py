@@ -1,10 +1,8 @@
-"""Analytic FLOPs of `transformers.SamModel`, from a `SamConfig` alone, and MFU.
-
-2 FLOPs per multiply-add, exactly what torch's `FlopCounterMode` counts on the eager attention path
-(matmuls and convolutions only). Windowed blocks pad the 64x64 grid to the window (70 for 14): qkv,
-attention, rel-pos and out projection run on 4900 tokens, the MLP on 4096. The decoder sees 7
-tokens per prompt and computes all 4 masks whatever `multimask_output` says (it only slices).
-"""
+"""Analytic FLOPs of `transformers.SamModel`, from a `SamConfig` alone, and MFU. 2 FLOPs per
+multiply-add, exactly what torch's `FlopCounterMode` counts on the eager attention path (matmuls and
+convolutions only). Windowed blocks pad the 64x64 grid to the window (70 for 14): qkv, attention,
+rel-pos and out projection run on 4900 tokens, the MLP on 4096. The decoder sees 7 tokens per
+prompt and computes all 4 masks whatever `multimask_output` says (it only slices)."""
 
 import dataclasses
 import math
@@ -27,9 +25,7 @@ class FlopCount:
 
     @property
     def encoder(self) -> float:
-        return (
-            self.encoder_linear + self.encoder_attention + self.encoder_rel_pos + self.encoder_conv
-        )
+        return sum(dataclasses.astuple(self)[:4])  # the four encoder_* parts
 
     @property
     def total(self) -> float:
@@ -62,7 +58,6 @@ def _feed_forward(d_in: int, d_hidden: int, d_out: int, num_layers: int) -> int:
 
 def sam_flops(config: SamConfig, points_per_image: int = 1, batch_size: int = 1) -> FlopCount:
     """FLOPs per image of one `SamModel` forward, by part (FlopCounterMode's count / batch).
-
     `batch_size` (images per forward) only spreads the image-wide positional encoding (2.1 MFLOP
     for ViT-H, once per forward) over the batch; each of `points_per_image` gets its own masks."""
     if points_per_image < 1:
@@ -126,11 +121,7 @@ def flops_section(config, bs: int, peak, precision: str, p_core: float, vit_h: b
     if peak is None:
         out["peak_source"] = f"not available: no {precision} peak in {where}"
     else:
+        true = mfu(p_core, flops.total, peak.flops)
         original = mfu(p_core, ORIGINAL_FLOPS_PER_IMAGE, peak.flops) if vit_h else None
-        out |= {
-            "peak_flops": peak.flops,
-            "peak_source": peak.source,
-            "mfu": mfu(p_core, flops.total, peak.flops),
-            "mfu_original": original,
-        }
+        out |= dict(peak_flops=peak.flops, peak_source=peak.source, mfu=true, mfu_original=original)
     return out | {"achieved_tflops": p_core * flops.total / 1e12}

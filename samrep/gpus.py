@@ -24,12 +24,6 @@ def peaks(gpu: dict) -> dict:
     return {p: {"flops": t * 1e12, "source": source.format(p, t)} for p, t in gpu["tflops"].items()}
 
 
-def match(name: str) -> dict | None:
-    """The table entry for an NVML device name, or None for a GPU not in the table."""
-    key = re.sub(r"^(nvidia|tesla)\s+", "", name.strip().lower())
-    return next((g for g in GPUS if re.fullmatch(g["name"], key)), None)
-
-
 def nvml_gpu() -> tuple[str, float] | None:
     """(NVML name, memory GiB) of GPU 0, or None when there is no NVIDIA GPU or driver."""
     try:
@@ -45,9 +39,9 @@ def nvml_gpu() -> tuple[str, float] | None:
 
 
 def detect(name: str | None = None) -> dict | None:
-    """The entry for `name` (default: GPU 0's NVML name); None for an unknown GPU or none."""
-    name = name or (nvml_gpu() or ("",))[0]
-    return match(name) if name else None
+    """The table entry for an NVML device name (default: GPU 0's); None if unknown or no GPU."""
+    key = re.sub(r"^(nvidia|tesla)\s+", "", (name or (nvml_gpu() or ("",))[0]).strip().lower())
+    return next((g for g in GPUS if key and re.fullmatch(g["name"], key)), None)
 
 
 def auto_params(gpu: tuple[str, float] | None = None) -> dict:
@@ -57,7 +51,7 @@ def auto_params(gpu: tuple[str, float] | None = None) -> dict:
     if gpu is None:
         return yaml.safe_load((REPO_ROOT / "params" / "cpu.yaml").read_text())
     name, mem = gpu
-    entry = match(name)
+    entry = detect(name)
     gpu_peaks = peaks(entry) if entry else {}
     runs = []
     for row in AUTO_ROWS:

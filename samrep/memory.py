@@ -1,9 +1,8 @@
-"""Memory measurement: device memory by NVML sampling on GPUs, process RSS on the CPU.
+"""Memory measurement: device memory by NVML sampling on GPUs, process RSS on the CPU. A sampling
+process keeps the peak of one measured phase, read every `interval_ms` (not a 5 s poll over every
+phase: the original's defect 6); torch.cuda.max_memory_allocated is reported beside it."""
 
-A sampling process keeps the peak of one measured phase, read every `interval_ms` (not a 5 s poll
-over every phase: the original's defect 6); torch.cuda.max_memory_allocated is reported beside it.
-"""
-
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -50,17 +49,15 @@ def _sampler_main(method: str, target: int, interval_s: float, conn) -> None:
     """Sampler process: send (baseline, total), sample until told to stop, send (peak, n)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since its start
-    try:
+    # Parent gone (EOF, psutil's NoSuchProcess): exit quietly; one still waiting gets EOFError.
+    with contextlib.suppress(Exception):
         read, total = _read_fn(method, target)
-        baseline = read()
-        conn.send((baseline, total))
-        peak, samples = baseline, 1
+        peak, samples = read(), 1
+        conn.send((peak, total))  # the baseline
         while not conn.poll(interval_s):  # the poll timeout is the sampling interval
             peak, samples = max(peak, read()), samples + 1
         conn.recv()
         conn.send((max(peak, read()), samples + 1))
-    except Exception:  # the parent went away (interrupted, killed: EOF, psutil's NoSuchProcess)
-        pass  # exit quietly; a parent still waiting gets EOFError and fails the row
 
 
 def current_nvml_index() -> int:
@@ -69,18 +66,12 @@ def current_nvml_index() -> int:
     import torch
 
     idx = torch.cuda.current_device()
-    try:
+    with contextlib.suppress(Exception):  # no NVML, no UUID or not found: CUDA_VISIBLE_DEVICES
         import pynvml
 
-        uuid = str(torch.cuda.get_device_properties(idx).uuid).lower().removeprefix("gpu-")
         pynvml.nvmlInit()
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            nv = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
-            nv = (nv.decode() if isinstance(nv, bytes) else nv).lower().removeprefix("gpu-")
-            if uuid and nv == uuid:
-                return i
-    except Exception:  # no NVML or no UUID: fall back to CUDA_VISIBLE_DEVICES
-        pass
+        uuid = str(torch.cuda.get_device_properties(idx).uuid).removeprefix("GPU-")
+        return pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}"))
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
     if idx < len(visible) and visible[idx].isdigit():
         return int(visible[idx])
@@ -96,27 +87,22 @@ class MemoryMonitor:
         self.report: MemoryReport | None = None
 
     def __enter__(self) -> "MemoryMonitor":
-        self.method = "nvml" if self.device == "cuda" else "rss"
-        if self.method == "nvml" and self.index is None:
-            self.index = current_nvml_index()  # this process's GPU, not always GPU 0
-        target = self.index if self.method == "nvml" else os.getpid()
+        self.method, target = "rss", os.getpid()
         if self.device == "cuda":
             import torch
 
+            if self.index is None:  # this process's GPU, not always GPU 0
+                self.index = current_nvml_index()
+            self.method, target = "nvml", self.index
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         ctx = multiprocessing.get_context("spawn")  # no fork of a CUDA-initialised process
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_sampler_main,
-            args=(self.method, target, self.interval_ms / 1000.0, child),
-            daemon=True,
-        )
-        # SIGINT blocked while the sampler starts: a blocked signal stays blocked across exec,
-        # so a Ctrl-C in its first second (before it ignores SIGINT) cannot print a traceback
-        # from its imports; the parent's own Ctrl-C is delivered when unblocked, right after.
-        # (The resource tracker first: starting it unblocks SIGINT.)
-        resource_tracker.ensure_running()
+        args = (self.method, target, self.interval_ms / 1000.0, child)
+        self._proc = ctx.Process(target=_sampler_main, args=args, daemon=True)
+        # SIGINT stays blocked (across exec too) while the sampler starts, so an early Ctrl-C prints
+        # no traceback from its imports; the parent gets its own Ctrl-C when unblocked, right after.
+        resource_tracker.ensure_running()  # first: starting it unblocks SIGINT
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self._proc.start()

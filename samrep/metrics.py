@@ -1,8 +1,6 @@
-"""Mask post-processing and the case's accuracy: pixel agreement (`acc`) and mask IoU.
-
-`acc` is the spec's `(pred_mask == gt_mask).sum() / numel` at the original size, averaged over the
-3 masks, images and repeats; IoU beside it (the background dominates agreement on small masks).
-"""
+"""Mask post-processing and the case's accuracy: pixel agreement (`acc`, the spec's
+`(pred_mask == gt_mask).sum() / numel` at the original size, averaged over the 3 masks, images and
+repeats) and mask IoU beside it (the background dominates agreement on small masks)."""
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +42,8 @@ class MaskScore:
         """acc and IoU: the mean over masks and images, and per ground-truth mask."""
         n = max(self.images, 1)
         agree, iou = (self.agree / n).tolist(), (self.iou / n).tolist()
-        return {
-            "acc": sum(agree) / len(agree),
-            "iou": sum(iou) / len(iou),
-            "acc_per_mask": agree,
-            "iou_per_mask": iou,
-            "images_scored": self.images,
-        }
+        out = {"acc": sum(agree) / len(agree), "iou": sum(iou) / len(iou), "acc_per_mask": agree}
+        return out | {"iou_per_mask": iou, "images_scored": self.images}
 
 
 def rel_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
