@@ -4,13 +4,11 @@ core  = sync, host-to-device copy, forward, sync (clock read after each sync): t
         p_core = images / sum of core times [img/s].
 whole = wall time of the measured loop: batches built from host memory, core, post-processing to
         the original size, scoring against the on-device ground truth; p_whole = images / whole.
-Warm-up batches run first, outside both; the clock is time.perf_counter. Latency is the per-batch
-core time [ms], its percentiles nearest-rank over the timed batches.
-"""
+Warm-up batches run first, outside both. Latency: each timed batch's core time [ms], nearest-rank
+percentiles. The clock is time.perf_counter."""
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -61,20 +59,12 @@ def core_step(backend, pixel_values: torch.Tensor, input_points: torch.Tensor):
 
 
 def measure(
-    backend,
-    dataset,
-    repeat: int,
-    warmup: int,
-    after_batch: Callable,
-    progress=None,
-    barrier: Callable[[], None] | None = None,
-    meter=None,
+    backend, dataset, repeat: int, warmup: int, after_batch, progress=None, barrier=None, meter=None
 ) -> Timing:
-    """Run `repeat` passes over `dataset` through `backend`, timing core and whole.
-
-    after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) post-processes and scores inside
-    whole; barrier() (several processes) after the warm-up starts every timed loop together;
-    meter.start()/stop() (energy) bracket the timed loop."""
+    """Run `repeat` passes over `dataset` through `backend`, timing core and whole. Inside whole,
+    after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) post-processes and scores; barrier()
+    (several processes) starts every timed loop together; meter.start()/stop() (energy) bracket
+    the timed loop."""
     batches, done = iter(dataset), backend.warm_batches  # batches of this shape already run
     for _ in range(warmup - done):
         pv, pts = next(batches, None) or next(iter(dataset))
@@ -102,17 +92,10 @@ def measure(
     return Timing(n * dataset.bs, n, dataset.bs, repeat, warm, whole, sum(core_times), ms)
 
 
-def median_timing(timings: list[Timing]) -> Timing:
-    """The median measurement of several (the lower median for an even count)."""
-    return sorted(timings, key=lambda t: t.p_core)[(len(timings) - 1) // 2]
-
-
 def aggregate(per_rank: list[dict], single_p_core: float | None) -> dict:
-    """Several processes measured at once (per_rank: each rank's Timing.to_dict()).
-
-    aggregate p_core = images of all ranks / the slowest rank's summed core time (likewise
-    p_whole); scaling efficiency = aggregate p_core / (ranks x the single-process p_core).
-    """
+    """Several processes measured at once (per_rank: each rank's Timing.to_dict()): aggregate
+    p_core = images of all ranks / the slowest rank's summed core time (likewise p_whole);
+    scaling efficiency = aggregate p_core / (ranks x the single-process p_core)."""
     n, images = len(per_rank), sum(r["images"] for r in per_rank)
     agg = images / max(r["core_s"] for r in per_rank)
     return {
