@@ -97,8 +97,7 @@ def _stage(group, bs: int, name: str, fn):
             reason = f"out of memory at bs {bs} ({reason})"
         error = ("failed", reason, traceback.format_exc(limit=6))
     if error := group.agree(error):
-        status, reason, tb = error
-        raise _Stop({"status": status, "reason": reason, "failed_stage": name, "traceback": tb})
+        raise _Stop(dict(status=error[0], reason=error[1], failed_stage=name, traceback=error[2]))
     return out
 
 
