@@ -65,8 +65,7 @@ def measure(
         barrier()
     if meter is not None:
         meter.start()
-    core_times: list[float] = []
-    t_whole = time.perf_counter()
+    core_times, t_whole = [], time.perf_counter()
     for _ in range(repeat):
         for pv, pts in dataset:
             (low_res_masks, iou_scores), seconds = core_step(backend, pv, pts)
