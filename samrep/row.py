@@ -1,10 +1,8 @@
 """One row: build -> engine check -> measure (with repeats) -> score -> validity -> record.
 
-The same function serves one process and every torchrun worker: a worker passes its process
-group (samrep.distributed.TorchGroup), which adds the barriers, the agreement on failures
-(a row that fails on one rank fails on all, naming the rank) and the gather to rank 0. A
-backend's own failure becomes a "failed" or "not_run" record; Ctrl-C is not caught here.
-"""
+One process and every torchrun worker run it; a worker's group (samrep.distributed.TorchGroup)
+adds the barriers, the agreement on failures (one rank's failure fails all, naming the rank) and
+the gather to rank 0. A backend's failure becomes a "failed" or "not_run" record; Ctrl-C is not."""
 
 import gc
 import time
@@ -28,7 +26,7 @@ from samrep.metrics import MaskScore, postprocess_masks, rel_l2
 from samrep.progress import Progress, log
 from samrep.record import Record
 from samrep.store import code_digest, digest
-from samrep.timing import aggregate, measure, median_timing
+from samrep.timing import aggregate, measure
 from samrep.validity import device_state, validity
 
 # The code every row's result depends on, beside its backend's.
@@ -99,14 +97,11 @@ def _stage(group, bs: int, name: str, fn):
             reason = f"out of memory at bs {bs} ({reason})"
         error = ("failed", reason, traceback.format_exc(limit=6))
     if error := group.agree(error):
-        status, reason, tb = error
-        raise _Stop({"status": status, "reason": reason, "failed_stage": name, "traceback": tb})
+        raise _Stop(dict(status=error[0], reason=error[1], failed_stage=name, traceback=error[2]))
     return out
 
 
-def run_row(
-    ctx: RowContext, run: RunParams, group=None, repeats: int | None = None
-) -> Record | None:
+def run_row(ctx: RowContext, run: RunParams, group=None, repeats=None) -> Record | None:
     """Build and measure one row -> its Record (None on ranks other than 0)."""
     group = group or LocalGroup()
     p, gt = ctx.params, ctx.gt
@@ -187,10 +182,8 @@ def _measured(ctx, run, group, repeats, base, start_state) -> Record:
         t1 = time.perf_counter()
         single, timings = stage("measure", measurements)
         measure_s = time.perf_counter() - t1
-        emb = first[1]
-        if emb is None:
-            emb = stage("score", lambda: _embeddings(backend, gt, bs))
-    timing = median_timing(timings)
+        emb = first[1] if first[1] is not None else stage("score", lambda: _embeddings(backend, gt))
+    timing = sorted(timings, key=lambda t: t.p_core)[(len(timings) - 1) // 2]  # (lower) median
     scores = score.result() | {
         "logits_rel_l2": rel_l2(first[0], gt.ref_logits) if gt.ref_logits is not None else None,
         "embeddings_rel_l2": rel_l2(emb, gt.ref_embeddings) if emb is not None else None,
@@ -242,10 +235,10 @@ def _measured(ctx, run, group, repeats, base, start_state) -> Record:
     return record
 
 
-def _embeddings(backend, gt, bs: int):
+def _embeddings(backend, gt):
     """The backend's image embeddings of the sample (batch bs for static engines), or None."""
     if gt.ref_embeddings is None:
         return None
-    pv = gt.inputs.pixel_values.expand(bs, -1, -1, -1).contiguous().to(backend.device)
+    pv = gt.inputs.pixel_values.expand(backend.bs, -1, -1, -1).contiguous().to(backend.device)
     emb = backend.image_embeddings(pv)
     return None if emb is None else emb[:1].float()

@@ -1,19 +1,14 @@
-"""The two timed regions of the case, defined once and used by every backend and process.
+"""The two timed regions of the case, defined once for every backend and process.
 
 core  = sync, host-to-device copy, forward, sync (clock read after each sync): the engine's speed;
-        p_core = images / sum of core times [img/s].
-whole = wall time of the measured loop: batches built from host memory, core, post-processing to
-        the original size, scoring against the on-device ground truth; p_whole = images / whole.
-Warm-up batches run first, outside both; the clock is time.perf_counter. Latency is the per-batch
-core time [ms], its percentiles nearest-rank over the timed batches.
-"""
+        p_core = images / sum of core times [img/s]; latency = each batch's core time [ms].
+whole = wall time of the measured loop: batches from host memory, core, post-processing to the
+        original size, scoring on the device; p_whole = images / whole. Warm-up runs outside both.
+Percentiles are nearest-rank over the timed batches; the clock is time.perf_counter."""
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-
-import torch
 
 CLOCK = "time.perf_counter"
 
@@ -39,42 +34,28 @@ class Timing:
     def p_core(self) -> float:
         return self.images / self.core_s
 
-    def latency_ms(self) -> dict[str, float]:
-        ms = sorted(self.batch_ms)
-        pick = {q: ms[min(len(ms) - 1, math.ceil(q / 100 * len(ms)) - 1)] for q in (50, 90, 99)}
-        return {f"p{q}": v for q, v in pick.items()} | {"min": ms[0], "max": ms[-1]}
-
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k != "batch_ms"}
-        return d | {"p_core": self.p_core, "p_whole": self.p_whole, "latency_ms": self.latency_ms()}
+        d, ms = {k: v for k, v in asdict(self).items() if k != "batch_ms"}, sorted(self.batch_ms)
+        lat = {f"p{q}": ms[min(len(ms), math.ceil(q / 100 * len(ms))) - 1] for q in (50, 90, 99)}
+        lat |= {"min": ms[0], "max": ms[-1]}
+        return d | {"p_core": self.p_core, "p_whole": self.p_whole, "latency_ms": lat}
 
 
-def core_step(backend, pixel_values: torch.Tensor, input_points: torch.Tensor):
-    """One core region: returns ((low_res_masks, iou_scores) on the device, seconds)."""
+def core_step(backend, pv, pts):
+    """One core region on a host batch (pixel values, points) -> ((masks, iou_scores), seconds)."""
     backend.synchronize()
-    t0 = time.perf_counter()
-    pv = pixel_values.to(backend.device, non_blocking=True)
-    pts = input_points.to(backend.device, non_blocking=True)
-    outputs = backend.run(pv, pts)
+    t0, device = time.perf_counter(), backend.device
+    outputs = backend.run(pv.to(device, non_blocking=True), pts.to(device, non_blocking=True))
     backend.synchronize()
     return outputs, time.perf_counter() - t0
 
 
 def measure(
-    backend,
-    dataset,
-    repeat: int,
-    warmup: int,
-    after_batch: Callable,
-    progress=None,
-    barrier: Callable[[], None] | None = None,
-    meter=None,
+    backend, dataset, repeat: int, warmup: int, after_batch, progress=None, barrier=None, meter=None
 ) -> Timing:
-    """Run `repeat` passes over `dataset` through `backend`, timing core and whole.
-
-    after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) post-processes and scores inside
-    whole; barrier() (several processes) after the warm-up starts every timed loop together;
-    meter.start()/stop() (energy) bracket the timed loop."""
+    """Run `repeat` passes over `dataset` through `backend`, timing core and whole. Inside whole,
+    after_batch(low_res_masks (B,3,256,256), iou_scores (B,3)) post-processes and scores; barrier()
+    (multi-process) starts each timed loop together; meter.start()/stop() (energy) bracket it."""
     batches, done = iter(dataset), backend.warm_batches  # batches of this shape already run
     for _ in range(warmup - done):
         pv, pts = next(batches, None) or next(iter(dataset))
@@ -84,8 +65,7 @@ def measure(
         barrier()
     if meter is not None:
         meter.start()
-    core_times: list[float] = []
-    t_whole = time.perf_counter()
+    core_times, t_whole = [], time.perf_counter()
     for _ in range(repeat):
         for pv, pts in dataset:
             (low_res_masks, iou_scores), seconds = core_step(backend, pv, pts)
@@ -102,17 +82,10 @@ def measure(
     return Timing(n * dataset.bs, n, dataset.bs, repeat, warm, whole, sum(core_times), ms)
 
 
-def median_timing(timings: list[Timing]) -> Timing:
-    """The median measurement of several (the lower median for an even count)."""
-    return sorted(timings, key=lambda t: t.p_core)[(len(timings) - 1) // 2]
-
-
 def aggregate(per_rank: list[dict], single_p_core: float | None) -> dict:
-    """Several processes measured at once (per_rank: each rank's Timing.to_dict()).
-
-    aggregate p_core = images of all ranks / the slowest rank's summed core time (likewise
-    p_whole); scaling efficiency = aggregate p_core / (ranks x the single-process p_core).
-    """
+    """Several processes measured at once (per_rank: each rank's Timing.to_dict()): aggregate
+    p_core = images of all ranks / the slowest rank's summed core time (likewise p_whole);
+    scaling efficiency = aggregate p_core / (ranks x the single-process p_core)."""
     n, images = len(per_rank), sum(r["images"] for r in per_rank)
     agg = images / max(r["core_s"] for r in per_rank)
     return {

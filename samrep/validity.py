@@ -2,8 +2,7 @@
 
 A failing result is marked invalid (which check, why), never dropped. A check is {"ok": True |
 False | None (informational), "detail": str, ...}: iterations, seconds, warm-up outside the clock,
-an idle GPU at the start, a monotonic sub-us clock, ground truth and weights as the manifest's.
-"""
+an idle GPU at the start, a monotonic sub-us clock, ground truth and weights as the manifest's."""
 
 import os
 import time
@@ -12,14 +11,21 @@ from samrep.memory import current_nvml_index
 from samrep.timing import CLOCK
 
 
+def _check(ok: bool | None, detail: str, **facts) -> dict:
+    return {"ok": ok, "detail": detail, **facts}
+
+
 def device_state(device: str) -> dict:
-    """Who else is using the device, read at the start of a row (before its build)."""
+    """The device_idle check, read at the start of a row (before its build): who else uses it."""
     if device != "cuda":
+        state = {"method": "loadavg", "load1": None, "cpu_count": os.cpu_count()}
         try:
-            load1 = os.getloadavg()[0]
+            state["load1"] = os.getloadavg()[0]
         except OSError:
-            load1 = None
-        return {"method": "loadavg", "load1": load1, "cpu_count": os.cpu_count()}
+            return _check(None, "no load average on this system (informational)", **state)
+        info = "(informational: on a CPU it cannot tell other processes from this run)"
+        load = f"1-minute load average {state['load1']:.2f} on {state['cpu_count']} cores"
+        return _check(None, f"{load} at the start {info}", **state)
     try:
         import pynvml
         import torch
@@ -35,29 +41,13 @@ def device_state(device: str) -> dict:
             # In a container NVML reports host pids: one of them is this process's context.
             others = others[1:]
         util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
-        return dict(method="nvml", nvml_index=index, pids=pids, other_pids=others, util_pct=util)
     except Exception as exc:  # NVML missing or not permitted: say so, do not judge
-        return {"method": "nvml", "error": f"{type(exc).__name__}: {exc}"}
-
-
-def _check(ok: bool | None, detail: str, **facts) -> dict:
-    return {"ok": ok, "detail": detail, **facts}
-
-
-def _device_check(state: dict) -> dict:
-    if state.get("method") == "loadavg":
-        load1, cores = state.get("load1"), state.get("cpu_count")
-        if load1 is None:
-            return _check(None, "no load average on this system (informational)", **state)
-        info = "(informational: on a CPU it cannot tell other processes from this run)"
-        detail = f"1-minute load average {load1:.2f} on {cores} cores at the start {info}"
-        return _check(None, detail, **state)
-    if "error" in state:
-        return _check(None, f"NVML unavailable ({state['error']}); not checked", **state)
-    others = state["other_pids"]
-    detail = f"{len(others)} other process(es) on the GPU at the start (NVML pids {state['pids']})"
+        error = f"{type(exc).__name__}: {exc}"
+        return _check(None, f"NVML unavailable ({error}); not checked", method="nvml", error=error)
+    detail = f"{len(others)} other process(es) on the GPU at the start (NVML pids {pids})"
     detail = detail if others else "no other process on the GPU at the start"
-    detail += f" (utilisation {state['util_pct']}% over NVML's last sample period)"
+    detail += f" (utilisation {util}% over NVML's last sample period)"
+    state = dict(method="nvml", nvml_index=index, pids=pids, other_pids=others, util_pct=util)
     return _check(not others, detail, **state)
 
 
@@ -70,23 +60,19 @@ def clock_check() -> dict:
 
 
 def validity(params, timings: list, start_state: dict, gt, weights_sha256: str | None) -> dict:
-    """The checks of one row's measurements (`timings`: one samrep.timing.Timing per repeat)."""
+    """One row's checks (`timings`: a timing.Timing per repeat; `start_state`: device_state's)."""
     min_it, min_s = params.data.min_iterations, params.data.min_seconds
     batches, core_s = min(t.batches for t in timings), min(t.core_s for t in timings)
     warmup = min(t.warmup_batches for t in timings)
     iterations = f"{batches} timed batches per measurement (data.min_iterations {min_it})"
     seconds = f"{core_s:.3f} s of core time per measurement (data.min_seconds {min_s:g})"
     warm = "no warm-up batch (data.warmup 0): the first, cold batch is timed"
-    if warmup:
-        warm = f"{warmup} warm-up batches before the clock started, excluded"
-    gt_files = getattr(gt, "files_match", None) or {}
+    warm = f"{warmup} warm-up batches before the clock started, excluded" if warmup else warm
+    gt_files = gt.files_match  # file -> its sha256 matches the manifest's
     gt_bad = sorted(k for k, v in gt_files.items() if not v)
-    if not gt_files:
-        gt_hash = "the manifest lists no sha256 of its files"
-    elif gt_bad:
-        gt_hash = f"differs from the manifest: {gt_bad}"
-    else:
-        gt_hash = "every ground-truth file matches the manifest's sha256"
+    gt_hash = "every ground-truth file matches the manifest's sha256"
+    gt_hash = f"differs from the manifest: {gt_bad}" if gt_bad else gt_hash
+    gt_hash = gt_hash if gt_files else "the manifest lists no sha256 of its files"
     want = gt.manifest["weights"].get("sha256")
     weights_ok = weights_sha256 is not None and weights_sha256 == want
     weights = f"weights sha256 {str(weights_sha256)[:12]} is not the manifest's {str(want)[:12]}"
@@ -95,7 +81,7 @@ def validity(params, timings: list, start_state: dict, gt, weights_sha256: str |
         "iterations": _check(batches >= min_it, iterations, value=batches, required=min_it),
         "seconds": _check(core_s >= min_s, seconds, value=core_s, required=min_s),
         "warmup_excluded": _check(warmup >= 1, warm, value=warmup),
-        "device_idle": _device_check(start_state),
+        "device_idle": start_state,
         "clock": clock_check(),
         "ground_truth_hash": _check(bool(gt_files) and not gt_bad, gt_hash),
         "weights_hash": _check(weights_ok, weights),
