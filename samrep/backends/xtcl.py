@@ -102,10 +102,8 @@ def declared(proto) -> dict:
     """{name: (torch dtype, shape)} of an ONNX graph's inputs (weights excluded) and outputs."""
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    weights = {i.name for i in proto.graph.initializer}
-    values = [v for v in [*proto.graph.input, *proto.graph.output] if v.name not in weights]
-    out = {}
-    for v in values:
+    weights, out = {i.name for i in proto.graph.initializer}, {}
+    for v in [v for v in [*proto.graph.input, *proto.graph.output] if v.name not in weights]:
         t = v.type.tensor_type
         dtype = getattr(torch, tensor_dtype_to_np_dtype(t.elem_type).name)
         out[v.name] = dtype, tuple(d.dim_value or None for d in t.shape.dim)
