@@ -39,8 +39,7 @@ class Backend(ABC):
     def __init__(self, device: str, precision: str, options: dict, workdir: Path, bs: int = 1):
         self.device, self.precision, self.workdir = torch.device(device), precision, Path(workdir)
         self.bs = bs  # the row's batch size: engines with a static batch build for it
-        self.options = dict(options)
-        self.opts = self.Options.model_validate(self.options)
+        self.opts = self.Options.model_validate(dict(options))
         self.math_mode = precision  # what actually ran, e.g. "fp32 (TF32 off)"
         self.export_info = None  # the ONNX export this backend built from, if any
         # the ground truth's fp32 embeddings (1,256,64,64): spare the export's check an encoder pass
@@ -74,8 +73,7 @@ class Backend(ABC):
         """(B,3,1024,1024), (B,1,1,2) on the device -> (B,3,256,256) logits, (B,3) scores."""
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
-        """(B,3,1024,1024) -> (B,256,64,64) embeddings where exposed: an extra encoder pass after
-        the measurement, spared where `run` keeps them in `self.last_embeddings`."""
+        """(B,3,1024,1024) -> (B,256,64,64) or None: an extra pass, spared by last_embeddings."""
         return None
 
     def framework_peak_gib(self) -> float | None:
@@ -116,8 +114,7 @@ class MixedPrecisionSam(torch.nn.Module):
 
 
 class HFBackend(Backend):
-    """The HF SamModel as MixedPrecisionSam on the device (`torch` runs it, `inductor` compiles
-    it); TF32 on CUDA for tf32 only."""
+    """MixedPrecisionSam on the device (`torch` runs it, `inductor` compiles it); TF32 iff tf32."""
 
     precisions = ("fp32", "tf32", "fp16", "bf16")
     keep_embeddings: ClassVar[bool] = False  # see MixedPrecisionSam
