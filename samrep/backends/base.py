@@ -1,10 +1,9 @@
 """The one interface every engine implements, and the HF mixed-precision forward two share.
 
-A backend is built once (from the PyTorch model or the ONNX export, maybe cached under
-`workdir`), then runs pixel_values (B,3,1024,1024) and input_points (B,1,1,2) (x, y in the 1024
-frame), float32 on its device, to low_res_masks (B,3,256,256) logits and iou_scores (B,3) there.
-Timing, scores and memory are measured around it, alike for all; options: its pydantic `Options`.
-"""
+A backend is built once (from the PyTorch model or the ONNX export, maybe cached under `workdir`),
+then runs pixel_values (B,3,1024,1024), input_points (B,1,1,2) (x, y in the 1024 frame), float32
+on its device, to low_res_masks (B,3,256,256) logits, iou_scores (B,3) there; options: its pydantic
+`Options`. Timing, scores and memory are measured around it, alike for all."""
 
 import copy
 from abc import ABC, abstractmethod
@@ -34,19 +33,16 @@ class Backend(ABC):
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_onnx: ClassVar[bool] = False  # builds from the ONNX export (the export stage)
-    # Its build leaves an artifact later processes reuse (an engine file): the build stage
-    # makes it ahead of the evaluation. torch.compile's does not persist.
+    # its build leaves an artifact (an engine file) later processes reuse: built in the build stage
     persistent_build: ClassVar[bool] = False
 
     def __init__(self, device: str, precision: str, options: dict, workdir: Path, bs: int = 1):
         self.device, self.precision, self.workdir = torch.device(device), precision, Path(workdir)
         self.bs = bs  # the row's batch size: engines with a static batch build for it
-        self.options = dict(options)
-        self.opts = self.Options.model_validate(self.options)
+        self.opts = self.Options.model_validate(dict(options))
         self.math_mode = precision  # what actually ran, e.g. "fp32 (TF32 off)"
         self.export_info = None  # the ONNX export this backend built from, if any
-        # the ground truth's fp32 image embeddings (1,256,64,64), set by whoever builds: an
-        # export's check reuses them instead of an encoder pass (~40 s on a 2-core CPU)
+        # the ground truth's fp32 embeddings (1,256,64,64): spare the export's check an encoder pass
         self.reference = None
         self.warm_batches = 0  # batches of the row's bs its build and engine check ran
 
@@ -77,8 +73,7 @@ class Backend(ABC):
         """(B,3,1024,1024), (B,1,1,2) on the device -> (B,3,256,256) logits, (B,3) scores."""
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
-        """(B,3,1024,1024) -> (B,256,64,64) embeddings where exposed: an extra encoder pass after
-        the measurement, spared where `run` keeps them in `self.last_embeddings`."""
+        """(B,3,1024,1024) -> (B,256,64,64) or None: an extra pass, spared by last_embeddings."""
         return None
 
     def framework_peak_gib(self) -> float | None:
@@ -119,8 +114,7 @@ class MixedPrecisionSam(torch.nn.Module):
 
 
 class HFBackend(Backend):
-    """The HF SamModel as MixedPrecisionSam on the device (`torch` runs it, `inductor` compiles
-    it); TF32 on CUDA for tf32 only."""
+    """MixedPrecisionSam on the device (`torch` runs it, `inductor` compiles it); TF32 iff tf32."""
 
     precisions = ("fp32", "tf32", "fp16", "bf16")
     keep_embeddings: ClassVar[bool] = False  # see MixedPrecisionSam

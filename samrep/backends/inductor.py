@@ -35,8 +35,7 @@ class InductorBackend(HFBackend):
             raise BackendUnavailable("inductor on CUDA needs triton (not installed)")
 
     def build(self, model, inputs) -> None:
-        """Copy the model to the device in the precision, compile, run one batch of bs (twice with
-        CUDA graphs, which are recorded on the second call)."""
+        """Copy, compile, run a batch of bs (twice with CUDA graphs, recorded on the second)."""
         o = self.opts
         super().build(model, inputs)
         self.model.eval()

@@ -13,9 +13,8 @@ from samrep.backends.base import Backend
 from samrep.errors import SamrepError
 
 # The engine check's lowest acc (pixel agreement with the fp32 ground truth). fp32 engines differ
-# from PyTorch fp32 by rounding only (1.0000 measured): 0.1% of the pixels is a wrong engine.
-# fp16/bf16: HF eager fp16 0.9995 (H200); the wrong engines seen: 0.89 (published TensorRT fp16),
-# 0.74-0.86 (ORT inputs on another stream). 0.99 is 10x nearer the right figure than those.
+# by rounding only (1.0000 measured): 0.1% of pixels off is a wrong engine. fp16/bf16: HF eager
+# fp16 0.9995 (H200), wrong ones 0.89 (published TensorRT fp16), 0.74-0.86 (ORT on another stream).
 MIN_ACC = {"fp32": 0.999, "tf32": 0.999, "fp16": 0.99, "bf16": 0.99}
 
 
@@ -107,8 +106,7 @@ class OnnxEngine(Backend):
     def bind_contract(self, config, graph: str, declared: dict) -> None:
         """Check the engine's declared {name: (dtype, shape)} against the contract; keep it."""
         want = contract(config, graph, None if self.opts.dynamic_batch else self.bs)
-        label = f"{self.name} {graph}"
-        self.specs[graph] = tuple(match_contract(w, declared, label) for w in want)
+        self.specs[graph] = tuple(match_contract(w, declared, f"{self.name} {graph}") for w in want)
 
     def run(self, pixel_values, input_points):
         """(B,3,1024,1024), (B,1,1,2) float32 -> (B,3,256,256) logits, (B,3): graphs in order,
@@ -137,11 +135,9 @@ class OnnxEngine(Backend):
 
         o, p, batch = self.opts, self.graph_precision(), 2 if self.opts.dynamic_batch else self.bs
         req = ex.ExportRequest(p, o.part, o.opset, o.dynamic_batch, batch, o.exporter)
-        pair = (
-            None if inputs is None else (inputs.pixel_values, inputs.input_points, self.reference)
-        )
+        eg = None if inputs is None else (inputs.pixel_values, inputs.input_points, self.reference)
         sha, providers = weights_sha256(model), self.check_providers()
-        self.export_info = ex.export_sam(model, sha, self.workdir, req, pair, providers, force)
+        self.export_info = ex.export_sam(model, sha, self.workdir, req, eg, providers, force)
         return self.export_info
 
     def verify(self, gt) -> dict:

@@ -3,16 +3,14 @@ serves every engine), folded, checked by ONNX Runtime against PyTorch fp32, cach
 
 Graphs (I/O float32 by name, only the batch axis dynamic): `encoder` pixel_values (B,3,1024,1024)
 -> image_embeddings (B,256,64,64); `decoder` image_embeddings, input_points (B,1,1,2) (x, y in
-the 1024 frame) -> low_res_masks (B,3,256,256) logits, iou_scores (B,3); `model` both. Weight-only
-subgraphs (the rel-pos Resize) folded by ORT's basic optimizer; "fp16" converts the folded encoder
-(I/O float32, decoder fp32). Built in `<workdir>/onnx/<key>.tmp<pid>/`, renamed into place once
-`export.json` is written; a failed export removes it, one a dead process left goes at next start.
-"""
+the 1024 frame) -> low_res_masks (B,3,256,256) logits, iou_scores (B,3); `model` both. ORT's basic
+optimizer folds weight-only subgraphs (rel-pos Resize); "fp16" converts the folded encoder only.
+Made in `<workdir>/onnx/<key>.tmp<pid>/`, renamed into place once `export.json` is written; a
+failed export removes it, one a dead process left goes at next start."""
 
 import copy
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -22,7 +20,7 @@ from pathlib import Path
 import torch
 
 from samrep.progress import log
-from samrep.store import checked, remove, write_json
+from samrep.store import checked, remove, remove_stale_temporaries, temp_suffix, write_json
 
 PIXEL_VALUES, IMAGE_EMBEDDINGS, INPUT_POINTS = "pixel_values", "image_embeddings", "input_points"
 LOW_RES_MASKS, IOU_SCORES = "low_res_masks", "iou_scores"
@@ -64,10 +62,8 @@ class ExportRequest:
         export_precision(self.precision)
         ok = self.part in PARTS and self.exporter in EXPORTERS and self.opset >= MIN_OPSET
         if not ok or self.batch < 1 + self.dynamic_batch:
-            raise ValueError(
-                f"{self}: part in {sorted(PARTS)}, exporter in {list(EXPORTERS)}, "
-                f"opset >= {MIN_OPSET}, batch >= 2 when dynamic (its check batch)"
-            )
+            want = f"part in {sorted(PARTS)}, exporter in {list(EXPORTERS)}, opset >= {MIN_OPSET}"
+            raise ValueError(f"{self}: {want}, batch >= 2 when dynamic (its check batch)")
 
     def key(self, sha: str) -> dict:  # what the export depends on: a dynamic one not on batch
         b = BATCH_DIM if self.dynamic_batch else self.batch
@@ -106,8 +102,7 @@ def graph_shapes(config) -> dict[str, tuple]:
 
 @dataclass
 class ExportInfo:
-    """One cached export. max_abs_diff: graph -> output -> largest |ORT - PyTorch fp32|, beside
-    max_abs_ref, the largest |PyTorch| (units of the output)."""
+    """A cached export. max_abs_diff, max_abs_ref: graph -> output -> max |ORT - torch|, |torch|."""
 
     folder: Path
     request: ExportRequest
@@ -124,8 +119,7 @@ class ExportInfo:
 
 def example_batch(example, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch` distinct CPU images, points (image i rolled 97*i pixels, point moved by i*(37, 23):
-    a batch-axis mix-up shows) from one example (pixel_values, input_points[, its fp32 image
-    embeddings or None]), seeded synthetic when None."""
+    a batch mix-up shows) from one example (pixel_values, input_points[, ...]); None: synthetic."""
     if example is None:
         pv = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
         pts = torch.tensor([[[[450.0, 600.0]]]])
@@ -157,27 +151,20 @@ def _finish(raw: Path, final: Path, graph: str, shapes: dict, req: ExportRequest
     """Name the I/O dims, fold, convert to fp16 if asked, save, check -> the graph's opset."""
     import onnx
 
-    proto = onnx.load(str(raw))
-    for v in list(proto.graph.input) + list(proto.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        del dims[:]  # the legacy exporter names static dims after ops: the contract is static
-        for size in shapes[v.name]:
-            if size is None and req.dynamic_batch:
-                dims.add().dim_param = BATCH_DIM
-            else:
-                dims.add().dim_value = size or req.batch
+    proto, b = onnx.load(str(raw)), BATCH_DIM if req.dynamic_batch else req.batch
+    for v in [*proto.graph.input, *proto.graph.output]:  # all dims set: the legacy exporter
+        dims = [b if size is None else size for size in shapes[v.name]]  # names static ones
+        v.type.CopyFrom(onnx.helper.make_tensor_type_proto(v.type.tensor_type.elem_type, dims))
     named = raw.with_name(raw.stem + "-named.onnx")
     onnx.save_model(proto, str(named), save_as_external_data=True, location=named.name + ".data")
-    cpu = ["CPUExecutionProvider"]
-    session(named, cpu, fold_to=final)
+    session(named, ["CPUExecutionProvider"], fold_to=final)
     if req.precision == "fp16" and graph != DECODER:
         from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
 
         nodes = onnx.load(str(final), load_external_data=False).graph.node
         keep = "/model/vision_encoder/"  # whole: everything after the encoder stays fp32
         block = [n.name for n in nodes if graph == WHOLE and not n.name.startswith(keep)]
-        from onnxruntime.transformers.onnx_model import OnnxModel
-
         proto = convert_float_to_float16(str(final), keep_io_types=True, node_block_list=block)
         OnnxModel(proto).topological_sort()  # the converter appends its Casts at the end
         # not through an ORT CPU session again: it would inline Softmax into ReduceMax/Exp/...
@@ -217,19 +204,13 @@ def _compare(graph: str, path: Path, feeds: dict, ref: tuple, providers: list):
     return diff, scale
 
 
-def _clean_stale(parent: Path) -> None:  # the `.tmp<pid>` folders of processes that are gone
-    for tmp in parent.glob("*.tmp[0-9]*") if parent.is_dir() else []:
-        if not Path(f"/proc/{tmp.name.rpartition('.tmp')[2]}").exists():
-            remove(tmp)
-
-
 def export_sam(model, sha: str, workdir, request=None, example=None, providers=None, force=False):
     """`model` (fp32 SamModel, `sha` its weights' sha256) exported or reused -> ExportInfo. example:
     (pixel_values (1,3,1024,1024), input_points (1,1,1,2)[, their fp32 image_embeddings
     (1,256,64,64), the check's reference for image 0]); providers: ORT's for the check."""
     req = request or ExportRequest()
     key, folder = req.key(sha), req.folder(workdir, sha)
-    _clean_stale(folder.parent)
+    remove_stale_temporaries(folder.parent)  # the `.tmp<pid>` folders of processes now gone
     try:
         stamp = json.loads((folder / STAMP).read_text())
         if not force and stamp["key"] == key:
@@ -237,7 +218,7 @@ def export_sam(model, sha: str, workdir, request=None, example=None, providers=N
             return _info(folder, req, stamp, reused=True)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # none, unfinished or of another layout: export again
-    t0, tmp = time.perf_counter(), folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    t0, tmp = time.perf_counter(), folder.with_name(folder.name + temp_suffix())
     remove(tmp)  # every write and removal below is confined by samrep.store to the hw's folders
     checked(tmp / "raw", "write").mkdir(parents=True)
     try:
@@ -278,13 +259,11 @@ def _export_all(model, req: ExportRequest, tmp: Path, example, providers: list) 
         refs = {g: modules[g](*feeds[g].values()) for g in PARTS[req.part] if g != ENCODER}
     refs[ENCODER] = (emb,)
     names = [p if isinstance(p, str) else p[0] for p in providers]
-    out = {k: {} for k in PER_GRAPH}
-    out.update(exporter=req.exporter, check_providers=names)
+    out = {**{k: {} for k in PER_GRAPH}, "exporter": req.exporter, "check_providers": names}
     for graph in PARTS[req.part]:
-        t, final = time.perf_counter(), tmp / f"{graph}.onnx"
+        t, final, raw = time.perf_counter(), tmp / f"{graph}.onnx", tmp / "raw" / f"{graph}.onnx"
         # the legacy tracer generalizes a batch-1 trace; torch.export specializes size 1
         n = req.batch if not req.dynamic_batch else 1 if req.exporter == "torchscript" else 2
-        raw = tmp / "raw" / f"{graph}.onnx"
         _trace(modules[graph], tuple(v[:n] for v in feeds[graph].values()), graph, raw, req)
         opset = _finish(raw, final, graph, shapes, req)
         diff, scale = _compare(graph, final, feeds[graph], refs[graph], providers)

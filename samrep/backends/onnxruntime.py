@@ -1,10 +1,8 @@
 """`onnxruntime`: samrep's export in ONNX Runtime, a session per graph: CPU fp32; CUDA fp32 (TF32
-off), tf32, fp16, torch tensors bound by name, ORT on a torch stream of its own ordered with
-torch's current one (see `stream_option`). ORT allocates from its arena, grown as requested
-(optionally limited); ORT's own peak is the device memory it added (`framework_peak_gib`).
-
-(ORT's other allocator, `gpu_external_alloc` through torch's, is not offered: ORT refuses it
-together with `user_compute_stream`, and without that stream ORT runs unordered with torch.)"""
+off), tf32, fp16, torch tensors bound by name, ORT on a torch stream of its own ordered with torch's
+current one (`stream_option`). ORT allocates from its arena, grown as requested (maybe limited);
+its peak is the device memory it added (`framework_peak_gib`). Not offered: `gpu_external_alloc`
+(torch's allocator): ORT refuses it with `user_compute_stream`, without which it runs unordered."""
 
 import numpy as np
 import torch
@@ -74,7 +72,7 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
     def _not_torch(self) -> int:
-        """Bytes in use on the device (cudaMemGetInfo) that torch's caching allocator does not hold."""
+        """Device bytes in use (cudaMemGetInfo) that torch's caching allocator does not hold."""
         free, total = torch.cuda.mem_get_info(self.device)
         return total - free - torch.cuda.memory_reserved(self.device)
 
@@ -124,9 +122,8 @@ class OnnxRuntimeBackend(oe.OnnxEngine):
         return self.buffers.setdefault(name, t) if self.opts.cuda_graph else t
 
     def framework_peak_gib(self) -> float | None:
-        """ORT's own peak, GiB (None on the CPU): the device memory added since before its sessions
-        outside torch's allocator: its arena, which only grows, with cuDNN's and cuBLAS's workspaces.
-        """
+        """ORT's peak, GiB (None on the CPU): device memory outside torch's allocator added since
+        before its sessions (its arena, which only grows, and cuDNN's and cuBLAS's workspaces)."""
         return None if self.base is None else (self._not_torch() - self.base) / 2**30
 
     def versions(self) -> dict:

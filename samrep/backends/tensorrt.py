@@ -5,7 +5,6 @@ flags, LayerNorm and Softmax kept fp32. Cached in <workdir>/tensorrt/ by a hash 
 
 import hashlib
 import json
-import os
 from typing import Literal
 
 import torch
@@ -14,6 +13,7 @@ from pydantic import Field
 from samrep.backends import onnx_engine as oe
 from samrep.backends.base import BackendUnavailable
 from samrep.progress import log
+from samrep.store import write_bytes
 
 # trt.DataType name -> torch dtype (by name: the table exists without TensorRT)
 TRT_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16}
@@ -89,10 +89,8 @@ class TensorRTBackend(oe.OnnxEngine):
             engine = runtime.deserialize_cuda_engine(file.read_bytes()) if cached else None
             self.built[part] = {"engine": file.name, "reused": engine is not None}
             if engine is None:
-                file.parent.mkdir(parents=True, exist_ok=True)
                 blob = self._build(trt, path, fields)
-                file.with_suffix(".tmp").write_bytes(blob)
-                os.replace(file.with_suffix(".tmp"), file)  # never a half-written engine
+                write_bytes(file, blob)  # atomically: never a half-written engine
                 engine = runtime.deserialize_cuda_engine(blob)
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             dtype = {n: TRT_DTYPES.get(engine.get_tensor_dtype(n).name) for n in names}

@@ -71,14 +71,13 @@ class XtclBackend(oe.OnnxEngine):
             config["XPUOutDtypeConfig"] = xpu_config.XPUOutDtypeConfig(
                 default_precision="float16", config_last_node=True, config_map={}
             ).value()
-        chip = os.environ.get("XPUSIM_DEVICE_MODEL", "KUNLUN1")[-1]  # FlagPerf's VM target
+        target = f"llvm -acc=xpu{os.environ.get('XPUSIM_DEVICE_MODEL', 'KUNLUN1')[-1]}"
         for graph, path in paths.items():
             proto = onnx.load(str(path))
             self.bind_contract(model.config, graph, declared(proto))
             shapes = {s.name: oe.batch_profile(s, self.bs)[1] for s in self.specs[graph][0]}
             mod, params = relay.frontend.from_onnx(proto, shape=shapes)
             os.environ.update(ENVIRONMENT)  # UNVERIFIED whether XTCL reads it at build or run
-            target = f"llvm -acc=xpu{chip}"
             with tvm.transform.PassContext(3, config=config, disabled_pass=["xgraph_layout_opt"]):
                 exe = relay.backend.vm.compile(mod, target, target_host=target, params=params)
             self.modules[graph] = VirtualMachine(exe, dev), dev, tvm
@@ -102,10 +101,8 @@ def declared(proto) -> dict:
     """{name: (torch dtype, shape)} of an ONNX graph's inputs (weights excluded) and outputs."""
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    weights = {i.name for i in proto.graph.initializer}
-    values = [v for v in [*proto.graph.input, *proto.graph.output] if v.name not in weights]
-    out = {}
-    for v in values:
+    weights, out = {i.name for i in proto.graph.initializer}, {}
+    for v in [v for v in [*proto.graph.input, *proto.graph.output] if v.name not in weights]:
         t = v.type.tensor_type
         dtype = getattr(torch, tensor_dtype_to_np_dtype(t.elem_type).name)
         out[v.name] = dtype, tuple(d.dim_value or None for d in t.shape.dim)
