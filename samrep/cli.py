@@ -65,16 +65,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--bs", type=_count(1, 4096), required=True, help="batch size")
     b.add_argument("--phase", default="infer", choices=("val", "infer"))
     b.add_argument("--repeats", type=_count(1, 100), help="measurements after one build")
-    b.add_argument(
-        "--world-size", type=_world_size, help="processes (GPUs) on this host: N or auto"
-    )
+    b.add_argument("--world-size", type=_world_size, help="processes (GPUs): N or auto")
     s = sub.choices["steps"]
     s.add_argument("--bs", type=_count(1, 4096), default=16, help="batch size (default 16)")
     s.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16"))
     s.add_argument("--iters", type=_count(1, 100_000), default=20, help="timed iterations per step")
-    s.add_argument(
-        "--only", type=_count(0, 99), nargs="+", metavar="STEP", help="these steps alone"
-    )
+    s.add_argument("--only", type=_count(0, 99), nargs="+", metavar="STEP", help="only these")
     return top
 
 

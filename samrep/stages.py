@@ -182,8 +182,7 @@ def engines(params: HwParams, stage: str, force: bool = False) -> list[dict]:
                 backend = cls(params.device, run.precision, run.options, folder, run.bs)
                 backend.reference = ctx.gt.ref_embeddings
                 if stage == "export":
-                    info = backend.export_onnx(ctx.model, ctx.gt.inputs, force=force)
-                    entry.update(info.to_dict() if hasattr(info, "to_dict") else {})
+                    backend.export_onnx(ctx.model, ctx.gt.inputs, force=force)
                 else:
                     backend.build(ctx.model, ctx.gt.inputs)
                     entry.update(math_mode=backend.math_mode)
