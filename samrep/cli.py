@@ -136,9 +136,8 @@ def _run(args) -> int:
     elif args.stage == "bench":
         if args.world_size is not None:
             params = params.model_copy(update={"world_size": args.world_size})
-        run = config.RunParams(
-            backend=args.backend, precision=args.precision, bs=args.bs, phase=args.phase
-        )
+        row = {k: getattr(args, k) for k in ("backend", "precision", "bs", "phase")}
+        run = config.RunParams(**row)
         if run.bs > (n := params.data.datasize):
             raise SamrepError(f"--bs: {run.bs} is larger than data.datasize {n} of {params.path}")
         stages.prepare(params, [run])  # the row's checks first, then

@@ -2,7 +2,6 @@
 as plain HTML with footnotes, plots as PNG, images as JPEG: one small self-contained page."""
 
 import io
-import json
 
 import matplotlib.pyplot as plt
 from IPython.display import HTML, Image, Markdown, display
@@ -65,9 +64,6 @@ def header(params, data: ReportData) -> None:
     for kind in ("failed", "not_run"):
         keys = [r.key for r in recs if r.status == kind]
         lines += [f"**{kind.replace('_', ' ').capitalize()} rows**: {', '.join(keys)}"] * bool(keys)
-    for st in (json.loads(f.read_text()) for f in sorted(params.report_path.glob("stages/*.json"))):
-        if st["status"] == "failed":
-            lines.append(f"**Stage {st['stage']} failed**: {st.get('reason')}")
     md(*lines, *(f"- could not read {p}" for p in data.problems))
 
 

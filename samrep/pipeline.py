@@ -1,8 +1,7 @@
-"""`make report`: the notebooks of CHAIN (each a stage of samrep.stages) run by papermill into
-reports/<hw>/. A failed ground truth stops the chain and publishes nothing; a failed export or build
-shows in its rows. The summary becomes reports/<hw>/index.html (self-contained, code hidden);
-reports/index.html lists each hw with its headline line.
-"""
+"""`make report`: the notebooks of CHAIN (stages of samrep.stages) run by papermill into
+reports/<hw>/. A failed ground truth stops the chain, publishing nothing; a failed export or build
+shows in its rows. The summary becomes reports/<hw>/index.html (self-contained, code hidden), and
+reports/index.html lists each hw with its headline line."""
 
 import logging
 import os
