@@ -22,14 +22,16 @@ rm -rf reports/h200 && ln -s ../build/h200 reports/h200
 keep=(val-torch-fp32-bs8 val-torch-tf32-bs8 val-torch-fp16-bs8 val-torch-bf16-bs1 val-torch-bf16-bs8
     val-torch-bf16-bs32 infer-inductor-bf16-bs16 infer-fast-bf16-bs16 infer-fast-bf16-bs32
     infer-fast-fp8-bs32)
+set +e  # a failed row or stage still brings back what was made (the record says why)
 case $phase in
 gpu-rows)
-    python3 -m samrep groundtruth --hw h200
-    python3 -m samrep evaluate --hw h200 --only "${keep[@]}"
-    python3 -m samrep steps --hw h200 --bs 16 --only 0 8 9 10 11
+    python3 -m samrep groundtruth --hw h200 && {
+        python3 -m samrep evaluate --hw h200 --only "${keep[@]}"
+        python3 -m samrep steps --hw h200 --bs 16 --only 0 8 9 10 11
+    }
     ;;
 report)
     python3 -m samrep report --hw h200
     ;;
-esac
+esac 2>&1 | tee "$OUT/h200-$phase.log"
 tar -C build -czf "$OUT/h200-$phase.tar.gz" --exclude='*.tmp*' h200
