@@ -168,7 +168,7 @@ def _finish(raw: Path, final: Path, graph: str, shapes: dict, req: ExportRequest
         proto = convert_float_to_float16(str(final), keep_io_types=True, node_block_list=block)
         OnnxModel(proto).topological_sort()  # the converter appends its Casts at the end
         # not through an ORT CPU session again: it would inline Softmax into ReduceMax/Exp/...
-        # (no fp16 CPU kernel), which CUDA runs slower and cuDNN refuses past 2^31 elements
+        # (no fp16 CPU kernel), a ReduceMax cuDNN refused on the H200 at bs16 (2^32 scores)
         data = final.with_name(final.name + ".data")
         remove(data)  # onnx appends to an existing external-data file
         onnx.save_model(proto, str(final), save_as_external_data=True, location=data.name)
@@ -251,7 +251,7 @@ def _export_all(model, req: ExportRequest, tmp: Path, example, providers: list) 
     modules = {g: SamGraph(m, g) for g in GRAPH_IO}
     feeds = {ENCODER: {PIXEL_VALUES: pv}, WHOLE: {PIXEL_VALUES: pv, INPUT_POINTS: pts}}
     with torch.no_grad():  # one ViT-H encoder image: ~45 s on 2 CPU cores
-        emb, known = None, example[2] if example is not None and len(example) > 2 else None
+        emb, known = None, (example[2] if example is not None and len(example) > 2 else None)
         if req.part == "split":  # image 0's reference given (the ground truth's): one pass less
             head = [] if known is None else [known[:1].detach().float().cpu()]
             emb = torch.cat(head + [modules[ENCODER](pv[len(head) :])])
